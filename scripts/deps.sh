@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Switchboard needs, and nothing
+# that is already there. Debian/Ubuntu packages via apt-get, test clients via npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
+      libuv1-dev libcjson-dev zlib1g-dev libssl-dev libcurl4-openssl-dev
+      libhiredis-dev libsqlite3-dev nodejs npm)
+# Only the test and bench targets need these.
+if [ "${1:-}" != "--runtime-only" ]; then
+  pkgs+=(redis-server chromium)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# clang's runtime package is versioned; any installed version will do.
+if [[ " ${missing[*]} " == *" libclang-rt-14-dev "* ]] && ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
+  missing=("${missing[@]/libclang-rt-14-dev}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node clients for the integration and browser tests (ws, eventsource, playwright-core).
+if [ "${1:-}" != "--runtime-only" ] && [ -f tests/package.json ]; then
+  if [ ! -d tests/node_modules ] || [ tests/package.json -nt tests/node_modules ]; then
+    echo "deps: npm install in tests/"
+    (cd tests && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    touch tests/node_modules
+  fi
+fi
