@@ -1,0 +1,766 @@
+#define _GNU_SOURCE
+#include "channels/channels.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "config/config.h"
+
+/* Per-loop subscriber list of one channel. Only its loop's thread touches it. */
+typedef struct {
+    sb_sub_t **subs;
+    uint32_t n, cap;
+    uint32_t iterating; /* > 0 while delivering: removals leave holes */
+    bool dirty;
+} chan_loop_t;
+
+struct sb_chan {
+    atomic_int _refs;
+    uint32_t hash;
+    uint32_t name_len;
+    sb_chan_t *hnext;
+    bool registered;
+    /* Under the broker lock: */
+    sb_msg_t **ring;
+    uint32_t ring_cap, ring_head, ring_len;
+    uint64_t evicted_upto; /* the highest id dropped from this channel's history */
+    sb_msg_t *last;
+    uint32_t *loop_nsubs; /* subscriptions per loop */
+    int64_t nsubs;
+    int64_t last_active_ms;
+    /* Loop-private: */
+    chan_loop_t *loops;
+    void *presence;
+    _Atomic uint64_t slow[3];
+    char name[];
+};
+
+typedef struct idem {
+    struct idem *hnext, *fnext; /* hash chain, FIFO by insertion */
+    uint32_t hash;
+    uint64_t seq;
+    int64_t expires_ms;
+    uint16_t klen;
+    char key[]; /* channel '\0' key */
+} idem_t;
+
+static struct {
+    pthread_mutex_t mu;
+    uint64_t seq;   /* last issued id */
+    uint64_t floor; /* ids below this were issued by an earlier life of this server */
+    sb_chan_t **buckets;
+    uint32_t nbuckets;
+    int64_t nchans;
+    uint64_t published, idem_hits;
+    int64_t messages_kept, subscriptions;
+    uint64_t gc_watermark; /* highest id of any history forgotten with its channel */
+    idem_t **ibuckets;
+    uint32_t nibuckets;
+    idem_t *ifirst, *ilast;
+    int64_t nidem;
+    sb_store_append_fn store;
+} B = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static sb_msg_formatter_t formatters[SB_FMT_COUNT];
+
+#define IDEM_MAX 200000
+
+static uint32_t hash_bytes(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
+    return h;
+}
+
+/* ---- messages ---- */
+void sb_msg_unref(sb_msg_t *m)
+{
+    if (!m || atomic_fetch_sub_explicit(&m->_refs, 1, memory_order_acq_rel) != 1) return;
+    for (int i = 0; i < SB_FMT_COUNT; i++) sb_frame_unref(atomic_load(&m->_frames[i]));
+    sb_chan_unref(m->chan);
+    free(m);
+}
+
+void sb_msg_register_format(int fmt, sb_msg_formatter_t fn) { formatters[fmt] = fn; }
+
+sb_frame_t *sb_msg_frame(sb_msg_t *m, int fmt)
+{
+    sb_frame_t *f = atomic_load_explicit(&m->_frames[fmt], memory_order_acquire);
+    if (f) return f;
+    if (!formatters[fmt]) return NULL;
+    sb_frame_t *built = formatters[fmt](m);
+    if (!built) return NULL;
+    sb_frame_t *expected = NULL;
+    if (atomic_compare_exchange_strong(&m->_frames[fmt], &expected, built)) return built;
+    sb_frame_unref(built); /* another loop won the race; use its copy */
+    return expected;
+}
+
+void sb_msg_json(const sb_msg_t *m, sb_buf_t *b)
+{
+    char id[24];
+    size_t nl;
+    const char *name = sb_chan_name(m->chan, &nl);
+    sb_cursor_encode(m->seq, id);
+    sb_buf_printf(b, "{\"id\":\"%s\",\"channel\":", id);
+    sb_buf_json_str(b, name, nl);
+    sb_buf_puts(b, ",\"event\":");
+    sb_buf_json_str(b, m->event, m->event_len);
+    sb_buf_puts(b, ",\"data\":");
+    sb_buf_put(b, m->data, m->data_len);
+    sb_buf_printf(b, ",\"time\":%lld}", (long long)m->time_ms);
+}
+
+static sb_frame_t *fmt_json(const sb_msg_t *m)
+{
+    sb_buf_t b = {0};
+    sb_msg_json(m, &b);
+    sb_frame_t *f = sb_buf_to_frame(&b);
+    sb_buf_free(&b);
+    return f;
+}
+
+/* ---- cursors ---- */
+bool sb_cursor_decode(sb_str_t s, sb_since_t *out)
+{
+    uint64_t v;
+    if (!sb_str_to_u64(s, &v)) return false;
+    if (s.len > 1 && s.p[0] == '0') return false; /* one spelling per cursor */
+    out->set = true;
+    out->seq = v;
+    return true;
+}
+
+size_t sb_cursor_encode(uint64_t seq, char *out)
+{
+    return (size_t)snprintf(out, 21, "%llu", (unsigned long long)seq);
+}
+
+/* ---- channels ---- */
+const char *sb_chan_name(const sb_chan_t *ch, size_t *len)
+{
+    if (len) *len = ch->name_len;
+    return ch->name;
+}
+
+sb_chan_t *sb_chan_ref(sb_chan_t *ch)
+{
+    atomic_fetch_add_explicit(&ch->_refs, 1, memory_order_relaxed);
+    return ch;
+}
+
+void sb_chan_unref(sb_chan_t *ch)
+{
+    if (!ch || atomic_fetch_sub_explicit(&ch->_refs, 1, memory_order_acq_rel) != 1) return;
+    for (int i = 0; i < sb_net.nloops; i++) free(ch->loops[i].subs);
+    free(ch->loops);
+    free(ch->loop_nsubs);
+    free(ch->ring);
+    free(ch);
+}
+
+void sb_chan_count_slow(sb_chan_t *ch, int policy)
+{
+    if (policy >= 0 && policy < 3) atomic_fetch_add_explicit(&ch->slow[policy], 1, memory_order_relaxed);
+}
+
+void **sb_chan_presence_slot(sb_chan_t *ch) { return &ch->presence; }
+
+static sb_chan_t *chan_find(sb_str_t name, uint32_t h)
+{
+    if (!B.nbuckets) return NULL;
+    for (sb_chan_t *c = B.buckets[h & (B.nbuckets - 1)]; c; c = c->hnext)
+        if (c->hash == h && c->name_len == name.len && !memcmp(c->name, name.p, name.len)) return c;
+    return NULL;
+}
+
+static void chan_rehash(void)
+{
+    uint32_t nb = B.nbuckets ? B.nbuckets * 2 : 1024;
+    sb_chan_t **nbk = calloc(nb, sizeof *nbk);
+    if (!nbk) return; /* keep the old table: longer chains, still correct */
+    for (uint32_t i = 0; i < B.nbuckets; i++)
+        for (sb_chan_t *c = B.buckets[i], *n; c; c = n) {
+            n = c->hnext;
+            c->hnext = nbk[c->hash & (nb - 1)];
+            nbk[c->hash & (nb - 1)] = c;
+        }
+    free(B.buckets);
+    B.buckets = nbk;
+    B.nbuckets = nb;
+}
+
+/* Broker lock held. Returns the channel (registry's reference) or NULL at the limit. */
+static sb_chan_t *chan_get(sb_str_t name, bool create)
+{
+    uint32_t h = hash_bytes(name.p, name.len);
+    sb_chan_t *c = chan_find(name, h);
+    if (c || !create) return c;
+    if (B.nchans >= sb_cfg.max_channels) {
+        sb_log_ratelimited(SB_LOG_WARN, 1000, "channel limit reached", "max=%lld",
+                           (long long)sb_cfg.max_channels);
+        return NULL;
+    }
+    if ((uint32_t)B.nchans >= B.nbuckets) chan_rehash();
+    c = calloc(1, sizeof *c + name.len + 1);
+    if (!c) return NULL;
+    c->loops = calloc((size_t)sb_net.nloops, sizeof *c->loops);
+    c->loop_nsubs = calloc((size_t)sb_net.nloops, sizeof *c->loop_nsubs);
+    if (!c->loops || !c->loop_nsubs) {
+        free(c->loops);
+        free(c->loop_nsubs);
+        free(c);
+        return NULL;
+    }
+    atomic_init(&c->_refs, 1);
+    memcpy(c->name, name.p, name.len);
+    c->name_len = (uint32_t)name.len;
+    c->hash = h;
+    /* A channel forgotten earlier may have had history: anything older than
+     * the forgotten ids cannot be resumed without a reset. */
+    c->evicted_upto = B.gc_watermark;
+    c->last_active_ms = sb_now_ms();
+    c->registered = true;
+    c->hnext = B.buckets[h & (B.nbuckets - 1)];
+    B.buckets[h & (B.nbuckets - 1)] = c;
+    B.nchans++;
+    return c;
+}
+
+static void chan_unregister(sb_chan_t *c)
+{
+    sb_chan_t **pp = &B.buckets[c->hash & (B.nbuckets - 1)];
+    while (*pp != c) pp = &(*pp)->hnext;
+    *pp = c->hnext;
+    c->registered = false;
+    B.nchans--;
+    if (c->evicted_upto > B.gc_watermark) B.gc_watermark = c->evicted_upto;
+    sb_msg_t *last = c->last;
+    c->last = NULL;
+    if (last && last->seq > B.gc_watermark) B.gc_watermark = last->seq;
+    sb_msg_unref(last);
+    sb_chan_unref(c);
+}
+
+/* ---- history ring (broker lock held) ---- */
+static sb_msg_t *ring_at(sb_chan_t *c, uint32_t i) { return c->ring[(c->ring_head + i) % c->ring_cap]; }
+
+static void ring_drop_oldest(sb_chan_t *c)
+{
+    sb_msg_t *m = c->ring[c->ring_head];
+    c->ring[c->ring_head] = NULL;
+    c->ring_head = (c->ring_head + 1) % c->ring_cap;
+    c->ring_len--;
+    if (m->seq > c->evicted_upto) c->evicted_upto = m->seq;
+    B.messages_kept--;
+    sb_msg_unref(m);
+}
+
+static void ring_expire(sb_chan_t *c, int64_t now)
+{
+    if (sb_cfg.history_ttl_ms <= 0) return;
+    while (c->ring_len && ring_at(c, 0)->time_ms < now - sb_cfg.history_ttl_ms) ring_drop_oldest(c);
+}
+
+static void ring_push(sb_chan_t *c, sb_msg_t *m)
+{
+    uint32_t max = (uint32_t)sb_cfg.history_size;
+    if (max == 0) return;
+    if (c->ring_len == max) ring_drop_oldest(c);
+    if (c->ring_len == c->ring_cap) {
+        uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 8;
+        if (cap > max) cap = max;
+        sb_msg_t **r = malloc(cap * sizeof *r);
+        if (!r) {
+            /* Cannot grow: keep the bound we have by dropping the oldest. */
+            ring_drop_oldest(c);
+        } else {
+            for (uint32_t i = 0; i < c->ring_len; i++) r[i] = ring_at(c, i);
+            free(c->ring);
+            c->ring = r;
+            c->ring_cap = cap;
+            c->ring_head = 0;
+        }
+    }
+    c->ring[(c->ring_head + c->ring_len) % c->ring_cap] = sb_msg_ref(m);
+    c->ring_len++;
+    B.messages_kept++;
+}
+
+/* Index of the first kept message with id > seq. */
+static uint32_t ring_find_after(sb_chan_t *c, uint64_t seq)
+{
+    uint32_t lo = 0, hi = c->ring_len;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (ring_at(c, mid)->seq <= seq) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* True when resuming after `since` on c would skip messages we no longer have. */
+static bool has_gap(sb_chan_t *c, sb_since_t since)
+{
+    if (!since.set || since.seq == 0) return false;
+    if (since.seq < c->evicted_upto) return true;
+    /* A cursor from before this server's history began (a restart in memory
+     * mode), or from the future (another server): we cannot know what it missed. */
+    if (since.seq + 1 < B.floor) return true;
+    if (since.seq > B.seq) return true;
+    return false;
+}
+
+/* ---- idempotency (broker lock held) ---- */
+static void idem_expire(int64_t now)
+{
+    while (B.ifirst && (B.ifirst->expires_ms <= now || B.nidem > IDEM_MAX)) {
+        idem_t *e = B.ifirst;
+        idem_t **pp = &B.ibuckets[e->hash & (B.nibuckets - 1)];
+        while (*pp != e) pp = &(*pp)->hnext;
+        *pp = e->hnext;
+        B.ifirst = e->fnext;
+        if (!B.ifirst) B.ilast = NULL;
+        B.nidem--;
+        free(e);
+    }
+}
+
+static idem_t *idem_find(sb_str_t ch, sb_str_t key, uint32_t h)
+{
+    if (!B.nibuckets) return NULL;
+    for (idem_t *e = B.ibuckets[h & (B.nibuckets - 1)]; e; e = e->hnext)
+        if (e->hash == h && e->klen == ch.len + 1 + key.len && !memcmp(e->key, ch.p, ch.len) &&
+            !memcmp(e->key + ch.len + 1, key.p, key.len))
+            return e;
+    return NULL;
+}
+
+static void idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int64_t now)
+{
+    if (!B.nibuckets) {
+        B.ibuckets = calloc(65536, sizeof *B.ibuckets);
+        if (!B.ibuckets) return;
+        B.nibuckets = 65536;
+    }
+    idem_t *e = malloc(sizeof *e + ch.len + 1 + key.len);
+    if (!e) return;
+    e->hash = h;
+    e->seq = seq;
+    e->expires_ms = now + sb_cfg.idem_window_ms;
+    e->klen = (uint16_t)(ch.len + 1 + key.len);
+    memcpy(e->key, ch.p, ch.len);
+    e->key[ch.len] = 0;
+    memcpy(e->key + ch.len + 1, key.p, key.len);
+    e->hnext = B.ibuckets[h & (B.nibuckets - 1)];
+    B.ibuckets[h & (B.nibuckets - 1)] = e;
+    e->fnext = NULL;
+    if (B.ilast) B.ilast->fnext = e;
+    else B.ifirst = e;
+    B.ilast = e;
+    B.nidem++;
+}
+
+/* ---- delivery (on each loop) ---- */
+static void chan_loop_compact(chan_loop_t *cl)
+{
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < cl->n; i++) {
+        sb_sub_t *s = cl->subs[i];
+        if (!s) continue;
+        s->_idx = (int32_t)w;
+        cl->subs[w++] = s;
+    }
+    cl->n = w;
+    cl->dirty = false;
+}
+
+static void deliver_task(sb_loop_t *loop, void *a, void *b)
+{
+    sb_msg_t *m = a;
+    chan_loop_t *cl = &m->chan->loops[loop->id];
+    uint64_t now = sb_mono_us();
+    sb_hist_add(&loop->delivery_lat, now > m->pub_us ? now - m->pub_us : 0);
+    uint64_t n = 0;
+    cl->iterating++;
+    for (uint32_t i = 0; i < cl->n; i++) {
+        sb_sub_t *s = cl->subs[i];
+        if (!s || m->seq <= s->last_seq) continue;
+        s->last_seq = m->seq;
+        s->ops->deliver(s, m);
+        n++;
+    }
+    if (--cl->iterating == 0 && cl->dirty) chan_loop_compact(cl);
+    SB_STAT_ADD(loop, deliveries, n);
+    sb_msg_unref(m);
+}
+
+/* ---- public ---- */
+void sb_broker_init(uint64_t start_seq, uint64_t floor_seq)
+{
+    B.seq = start_seq ? start_seq - 1 : 0;
+    B.floor = floor_seq;
+    formatters[SB_FMT_JSON] = fmt_json;
+}
+
+void sb_broker_set_store(sb_store_append_fn fn) { B.store = fn; }
+
+static sb_msg_t *msg_new(const sb_pub_t *p)
+{
+    sb_str_t ev = p->event.len ? p->event : SB_STR("message");
+    sb_msg_t *m = malloc(sizeof *m + ev.len + 1 + p->data.len + 1);
+    if (!m) return NULL;
+    memset(m, 0, sizeof *m);
+    atomic_init(&m->_refs, 1);
+    m->flags = p->data_is_string ? SB_MSG_DATA_STRING : 0;
+    m->event_len = (uint16_t)ev.len;
+    m->data_len = (uint32_t)p->data.len;
+    m->origin = p->origin;
+    m->time_ms = sb_now_ms();
+    m->pub_us = sb_mono_us();
+    memcpy(m->tail, ev.p, ev.len);
+    m->tail[ev.len] = 0;
+    memcpy(m->tail + ev.len + 1, p->data.p, p->data.len);
+    m->tail[ev.len + 1 + p->data.len] = 0;
+    m->event = m->tail;
+    m->data = m->tail + ev.len + 1;
+    return m;
+}
+
+typedef struct {
+    sb_loop_t *loop;
+    sb_publish_cb_t cb;
+    void *ud;
+    uint64_t seq;
+    int status;
+} pub_wait_t;
+
+static void pub_done_task(sb_loop_t *loop, void *a, void *b)
+{
+    pub_wait_t *w = a;
+    w->cb(w->ud, w->status, w->seq);
+    free(w);
+}
+
+/* Called by the store on its own thread: hop back to the publisher's loop. */
+static void pub_durable(void *ud, int status)
+{
+    pub_wait_t *w = ud;
+    w->status = status;
+    sb_loop_post(w->loop, pub_done_task, w, NULL);
+}
+
+int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_publish_cb_t cb,
+                      void *ud)
+{
+    /* Build the message before taking the lock: the critical section only
+     * numbers it and links it. */
+    sb_msg_t *m = msg_new(p);
+    if (!m) {
+        *why = SB_ERR_INTERNAL;
+        return -1;
+    }
+    pub_wait_t *w = NULL;
+    if (B.store && cb) {
+        w = malloc(sizeof *w);
+        if (!w) {
+            free(m);
+            *why = SB_ERR_INTERNAL;
+            return -1;
+        }
+        *w = (pub_wait_t){sb_loop_current(), cb, ud, 0, 0};
+    }
+    int64_t now = m->time_ms;
+    uint32_t ih = 0;
+    pthread_mutex_lock(&B.mu);
+    if (p->idem_key.len) {
+        idem_expire(now);
+        ih = hash_bytes(p->idem_key.p, p->idem_key.len) ^ hash_bytes(p->channel.p, p->channel.len);
+        idem_t *e = idem_find(p->channel, p->idem_key, ih);
+        if (e) {
+            *seq_out = e->seq;
+            B.idem_hits++;
+            pthread_mutex_unlock(&B.mu);
+            free(m);
+            free(w);
+            return 1;
+        }
+    }
+    sb_chan_t *c = chan_get(p->channel, true);
+    if (!c) {
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        free(w);
+        *why = SB_ERR_CHANNEL_LIMIT;
+        return -1;
+    }
+    m->seq = ++B.seq;
+    m->chan = sb_chan_ref(c);
+    c->last_active_ms = now;
+    ring_expire(c, now);
+    ring_push(c, m);
+    sb_msg_unref(c->last);
+    c->last = sb_msg_ref(m);
+    B.published++;
+    if (p->idem_key.len) idem_insert(p->channel, p->idem_key, ih, m->seq, now);
+    int rc = 1;
+    if (w) {
+        w->seq = m->seq;
+        if (B.store(m, p->idem_key, pub_durable, w) == 0) rc = 0;
+        else {
+            /* The store refused at once (a failed disk): nothing was acknowledged,
+             * but the message is numbered and live; report the failure. */
+            free(w);
+            rc = -1;
+        }
+    }
+    for (int i = 0; i < sb_net.nloops; i++)
+        if (c->loop_nsubs[i]) sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
+    pthread_mutex_unlock(&B.mu);
+    *seq_out = m->seq;
+    sb_msg_unref(m);
+    if (rc < 0) *why = SB_ERR_STORAGE_FAILED;
+    return rc;
+}
+
+static int cmp_seq(const void *a, const void *b)
+{
+    uint64_t x = (*(sb_msg_t *const *)a)->seq, y = (*(sb_msg_t *const *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+int sb_broker_subscribe(sb_loop_t *loop, sb_sub_t **subs, const sb_str_t *names, size_t n,
+                        sb_since_t since, sb_err_t *why)
+{
+    sb_msg_t **backlog = NULL;
+    size_t nb = 0, cap = 0;
+    bool *gap = calloc(n ? n : 1, sizeof *gap);
+    if (!gap) {
+        *why = SB_ERR_INTERNAL;
+        return -1;
+    }
+    int64_t now = sb_now_ms();
+    pthread_mutex_lock(&B.mu);
+    /* Create every channel first so a refusal leaves nothing half-done. */
+    for (size_t i = 0; i < n; i++) {
+        if (!chan_get(names[i], true)) {
+            pthread_mutex_unlock(&B.mu);
+            free(gap);
+            *why = SB_ERR_CHANNEL_LIMIT;
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        sb_chan_t *c = chan_get(names[i], false);
+        sb_sub_t *s = subs[i];
+        s->chan = sb_chan_ref(c);
+        s->policy = (uint8_t)sb_config_slow_policy(names[i]);
+        s->_loop = (int16_t)loop->id;
+        s->last_seq = since.set ? since.seq : B.seq;
+        c->loop_nsubs[loop->id]++;
+        c->nsubs++;
+        c->last_active_ms = now;
+        B.subscriptions++;
+        if (!since.set) continue;
+        ring_expire(c, now);
+        uint32_t from = 0;
+        if (has_gap(c, since)) {
+            gap[i] = true;
+            s->last_seq = 0;
+        } else {
+            from = ring_find_after(c, since.seq);
+        }
+        size_t want = c->ring_len - from;
+        if (nb + want > cap) {
+            size_t ncap = cap ? cap : 64;
+            while (ncap < nb + want) ncap *= 2;
+            sb_msg_t **nbl = realloc(backlog, ncap * sizeof *nbl);
+            if (!nbl) continue; /* no memory for the backlog: the subscriber gets live only */
+            backlog = nbl;
+            cap = ncap;
+        }
+        for (uint32_t k = from; k < c->ring_len; k++) backlog[nb++] = sb_msg_ref(ring_at(c, k));
+    }
+    pthread_mutex_unlock(&B.mu);
+
+    for (size_t i = 0; i < n; i++) {
+        sb_sub_t *s = subs[i];
+        chan_loop_t *cl = &s->chan->loops[loop->id];
+        if (cl->n == cl->cap) {
+            uint32_t ncap = cl->cap ? cl->cap * 2 : 4;
+            sb_sub_t **ns = realloc(cl->subs, ncap * sizeof *ns);
+            if (!ns) abort(); /* tiny allocation; without it the loop list is inconsistent */
+            cl->subs = ns;
+            cl->cap = ncap;
+        }
+        s->_idx = (int32_t)cl->n;
+        cl->subs[cl->n++] = s;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (gap[i]) subs[i]->ops->reset(subs[i], "history_gap");
+    qsort(backlog, nb, sizeof *backlog, cmp_seq);
+    for (size_t k = 0; k < nb; k++) {
+        sb_msg_t *m = backlog[k];
+        for (size_t i = 0; i < n; i++) {
+            sb_sub_t *s = subs[i];
+            if (s->chan == m->chan && m->seq > s->last_seq && s->chan) {
+                s->last_seq = m->seq;
+                s->ops->deliver(s, m);
+                break;
+            }
+        }
+        sb_msg_unref(m);
+    }
+    free(backlog);
+    free(gap);
+    return 0;
+}
+
+void sb_broker_unsubscribe(sb_sub_t *s)
+{
+    sb_chan_t *c = s->chan;
+    if (!c) return;
+    chan_loop_t *cl = &c->loops[s->_loop];
+    if (cl->iterating) {
+        cl->subs[s->_idx] = NULL;
+        cl->dirty = true;
+    } else {
+        sb_sub_t *lastsub = cl->subs[--cl->n];
+        cl->subs[s->_idx] = lastsub;
+        lastsub->_idx = s->_idx;
+    }
+    pthread_mutex_lock(&B.mu);
+    c->loop_nsubs[s->_loop]--;
+    c->nsubs--;
+    c->last_active_ms = sb_now_ms();
+    B.subscriptions--;
+    pthread_mutex_unlock(&B.mu);
+    s->chan = NULL;
+    sb_chan_unref(c);
+}
+
+size_t sb_broker_history(sb_str_t channel, sb_since_t since, size_t limit, sb_msg_t **out,
+                         bool *reset, uint64_t *next)
+{
+    size_t n = 0;
+    *reset = false;
+    *next = since.set ? since.seq : 0;
+    pthread_mutex_lock(&B.mu);
+    sb_chan_t *c = chan_get(channel, false);
+    if (!c) {
+        /* No such channel now; a cursor older than forgotten history still gaps. */
+        if (since.set && since.seq && (since.seq < B.gc_watermark || since.seq + 1 < B.floor ||
+                                       since.seq > B.seq))
+            *reset = true;
+        pthread_mutex_unlock(&B.mu);
+        return 0;
+    }
+    ring_expire(c, sb_now_ms());
+    uint32_t from = 0;
+    if (since.set) {
+        if (has_gap(c, since)) *reset = true;
+        else from = ring_find_after(c, since.seq);
+    }
+    for (uint32_t k = from; k < c->ring_len && n < limit; k++) out[n++] = sb_msg_ref(ring_at(c, k));
+    if (n) *next = out[n - 1]->seq;
+    else if (c->last && (!since.set || *reset)) *next = c->last->seq;
+    pthread_mutex_unlock(&B.mu);
+    return n;
+}
+
+void sb_broker_channel_info(sb_str_t channel, sb_chan_info_t *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&B.mu);
+    sb_chan_t *c = chan_get(channel, false);
+    if (c) {
+        out->exists = true;
+        out->last = c->last ? sb_msg_ref(c->last) : NULL;
+        out->subscribers = c->nsubs;
+        out->history = c->ring_len;
+    }
+    pthread_mutex_unlock(&B.mu);
+}
+
+void sb_broker_stats(sb_broker_stats_t *o)
+{
+    pthread_mutex_lock(&B.mu);
+    o->channels = B.nchans;
+    o->messages_kept = B.messages_kept;
+    o->subscriptions = B.subscriptions;
+    o->published = B.published;
+    o->idem_hits = B.idem_hits;
+    o->last_seq = B.seq;
+    pthread_mutex_unlock(&B.mu);
+}
+
+void sb_broker_metrics_per_channel(sb_buf_t *b)
+{
+    static const char *names[] = {"disconnect", "conflate", "drop_oldest"};
+    pthread_mutex_lock(&B.mu);
+    for (uint32_t i = 0; i < B.nbuckets; i++)
+        for (sb_chan_t *c = B.buckets[i]; c; c = c->hnext)
+            for (int p = 0; p < 3; p++) {
+                uint64_t v = atomic_load_explicit(&c->slow[p], memory_order_relaxed);
+                if (!v) continue;
+                sb_buf_printf(b, "switchboard_channel_slow_total{channel=\"%s\",policy=\"%s\"} %llu\n",
+                              c->name, names[p], (unsigned long long)v);
+            }
+    pthread_mutex_unlock(&B.mu);
+}
+
+void sb_broker_gc(void)
+{
+    int64_t now = sb_now_ms();
+    pthread_mutex_lock(&B.mu);
+    idem_expire(now);
+    for (uint32_t i = 0; i < B.nbuckets; i++) {
+        sb_chan_t *c = B.buckets[i];
+        while (c) {
+            sb_chan_t *next = c->hnext;
+            ring_expire(c, now);
+            /* Forget a channel nobody reads, with no history left, quiet for a
+             * while; its ids are remembered in gc_watermark for resets. */
+            bool last_stale = !c->last || sb_cfg.history_ttl_ms <= 0 ||
+                              c->last->time_ms < now - sb_cfg.history_ttl_ms;
+            if (!c->nsubs && !c->ring_len && !c->presence && last_stale &&
+                c->last_active_ms < now - 10000)
+                chan_unregister(c);
+            c = next;
+        }
+    }
+    pthread_mutex_unlock(&B.mu);
+}
+
+void sb_broker_free(void)
+{
+    pthread_mutex_lock(&B.mu);
+    for (uint32_t i = 0; i < B.nbuckets; i++) {
+        sb_chan_t *c = B.buckets[i];
+        while (c) {
+            sb_chan_t *next = c->hnext;
+            while (c->ring_len) ring_drop_oldest(c);
+            sb_msg_unref(c->last);
+            c->last = NULL;
+            c->registered = false;
+            sb_chan_unref(c);
+            c = next;
+        }
+    }
+    free(B.buckets);
+    B.buckets = NULL;
+    B.nbuckets = 0;
+    B.nchans = 0;
+    while (B.ifirst) {
+        idem_t *e = B.ifirst;
+        B.ifirst = e->fnext;
+        free(e);
+    }
+    B.ilast = NULL;
+    free(B.ibuckets);
+    B.ibuckets = NULL;
+    B.nibuckets = 0;
+    B.nidem = 0;
+    pthread_mutex_unlock(&B.mu);
+}
