@@ -5,6 +5,7 @@
 #include "config/config.h"
 #include "http/http.h"
 #include "sse/sse.h"
+#include "ws/ws.h"
 
 int sb_server_init(void)
 {
@@ -15,6 +16,7 @@ int sb_server_init(void)
     sb_broker_init(start, start);
     sb_http_api_init();
     sb_sse_init();
+    sb_ws_init();
     return 0;
 }
 

@@ -108,7 +108,25 @@ void sb_msg_json(const sb_msg_t *m, sb_buf_t *b)
     sb_buf_puts(b, ",\"event\":");
     sb_buf_json_str(b, m->event, m->event_len);
     sb_buf_puts(b, ",\"data\":");
-    sb_buf_put(b, m->data, m->data_len);
+    if (m->flags & SB_MSG_BINARY) {
+        /* A binary room frame reads back as base64 text. */
+        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const uint8_t *d = (const uint8_t *)m->data;
+        sb_buf_put(b, "\"", 1);
+        for (uint32_t i = 0; i < m->data_len; i += 3) {
+            uint32_t v = (uint32_t)d[i] << 16;
+            if (i + 1 < m->data_len) v |= (uint32_t)d[i + 1] << 8;
+            if (i + 2 < m->data_len) v |= d[i + 2];
+            char q[4] = {tbl[v >> 18], tbl[(v >> 12) & 63], i + 1 < m->data_len ? tbl[(v >> 6) & 63] : '=',
+                         i + 2 < m->data_len ? tbl[v & 63] : '='};
+            sb_buf_put(b, q, 4);
+        }
+        sb_buf_put(b, "\"", 1);
+    } else if (m->flags & SB_MSG_RAW) {
+        sb_buf_json_str(b, m->data, m->data_len);
+    } else {
+        sb_buf_put(b, m->data, m->data_len);
+    }
     sb_buf_printf(b, ",\"time\":%lld}", (long long)m->time_ms);
 }
 
@@ -413,7 +431,7 @@ static sb_msg_t *msg_new(const sb_pub_t *p)
     if (!m) return NULL;
     memset(m, 0, sizeof *m);
     atomic_init(&m->_refs, 1);
-    m->flags = p->data_is_string ? SB_MSG_DATA_STRING : 0;
+    m->flags = (uint8_t)((p->data_is_string ? SB_MSG_DATA_STRING : 0) | p->raw_flags);
     m->event_len = (uint16_t)ev.len;
     m->data_len = (uint32_t)p->data.len;
     m->origin = p->origin;

@@ -24,10 +24,13 @@ enum {
     SB_FMT_JSON,       /* {"id","channel","event","data","time"} */
     SB_FMT_WS,         /* WebSocket text frame of {"op":"message",...} */
     SB_FMT_WS_DEFLATE, /* the same, permessage-deflate compressed */
+    SB_FMT_WS_RAW,     /* raw rooms: the member's frame as it was sent */
     SB_FMT_COUNT
 };
 
 #define SB_MSG_DATA_STRING 1 /* data is a JSON string: SSE sends its bare text */
+#define SB_MSG_RAW 2         /* data is the raw payload of a room frame, not JSON */
+#define SB_MSG_BINARY 4      /* with RAW: a binary frame */
 
 struct sb_msg {
     atomic_int _refs;
@@ -129,6 +132,7 @@ typedef struct {
     sb_str_t event;   /* empty = "message"; must be valid when set */
     sb_str_t data;    /* JSON text of the data value (validated by the caller) */
     bool data_is_string;
+    uint8_t raw_flags; /* SB_MSG_RAW (| SB_MSG_BINARY) for room frames */
     sb_str_t idem_key; /* empty = none */
     uint64_t origin;   /* publishing connection id, 0 = none */
 } sb_pub_t;

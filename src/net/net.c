@@ -211,6 +211,21 @@ size_t sb_conn_drop_tagged(sb_conn_t *c, const void *tag, size_t keep_bytes)
     return removed;
 }
 
+size_t sb_conn_discard_unsent(sb_conn_t *c)
+{
+    uint32_t keep = (c->flags & SB_CONN_WRITING) ? c->inflight : 0;
+    if (keep < c->qlen && qat(c, keep)->off) keep++;
+    size_t bytes = 0;
+    while (c->qlen > keep) {
+        sb_out_t *e = qat(c, c->qlen - 1);
+        bytes += e->f->len;
+        sb_frame_unref(e->f);
+        c->qlen--;
+    }
+    c->out_bytes -= bytes;
+    return bytes;
+}
+
 bool sb_conn_replace_tagged(sb_conn_t *c, const void *tag, sb_frame_t *f)
 {
     uint32_t start = (c->flags & SB_CONN_WRITING) ? c->inflight : 0;

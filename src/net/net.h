@@ -189,6 +189,9 @@ void sb_conn_reprocess(sb_conn_t *c);
  * oldest first, until at most `keep_bytes` of that tag remain queued. Returns
  * the number of entries removed. */
 size_t sb_conn_drop_tagged(sb_conn_t *c, const void *tag, size_t keep_bytes);
+/* Drops every queued entry that has not started writing (before a last
+ * close frame to a reader that fell behind). Returns the bytes dropped. */
+size_t sb_conn_discard_unsent(sb_conn_t *c);
 /* Replaces the newest queued, not-yet-started entry with `tag` by f (taking f),
  * returning true; false (f not taken) when there is none. */
 bool sb_conn_replace_tagged(sb_conn_t *c, const void *tag, sb_frame_t *f);
