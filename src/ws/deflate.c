@@ -221,8 +221,9 @@ int sb_ws_deflate_message(const uint8_t *p, size_t len, int window_bits, uint8_t
     while (window_bits > 9 && ((size_t)1 << (window_bits - 1)) - ZLOOKAHEAD >= len) window_bits--;
 
     z_stream zs = {0};
-    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -window_bits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return -1;
+    int rc = deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -window_bits, 8,
+                          Z_DEFAULT_STRATEGY);
+    if (rc != Z_OK) return -1;
     size_t cap = (size_t)deflateBound(&zs, (uLong)len) + 16;
     uint8_t *buf = malloc(cap);
     size_t total = 0;
@@ -233,7 +234,7 @@ int sb_ws_deflate_message(const uint8_t *p, size_t len, int window_bits, uint8_t
         size_t chunk = left < ZCHUNK ? left : ZCHUNK;
         zs.next_in = (Bytef *)(uintptr_t)ip;
         zs.avail_in = (uInt)chunk;
-        ip += chunk;
+        if (chunk) ip += chunk; /* p may be NULL for an empty message */
         left -= chunk;
         int flush = left ? Z_NO_FLUSH : Z_SYNC_FLUSH;
         /* zlib asks to be called again while it fills the whole output space. */
@@ -248,7 +249,7 @@ int sb_ws_deflate_message(const uint8_t *p, size_t len, int window_bits, uint8_t
             size_t room = cap - total < ZCHUNK ? cap - total : ZCHUNK;
             zs.next_out = buf + total;
             zs.avail_out = (uInt)room;
-            int rc = deflate(&zs, flush);
+            rc = deflate(&zs, flush);
             total += room - zs.avail_out;
             if (rc != Z_OK && rc != Z_BUF_ERROR) goto fail;
         } while (zs.avail_out == 0);

@@ -100,6 +100,7 @@ static void check_build(uint8_t opcode, const uint8_t *p, size_t len)
 /* What the server does with one complete message. */
 static void check_message(bool text, const uint8_t *p, size_t len)
 {
+    check_build(text ? SB_WS_OP_TEXT : SB_WS_OP_BINARY, p, len);
     if (text) {
         /* The same bytes in one piece and in two must get the same answer as
          * the reference decoder. */

@@ -180,8 +180,9 @@ static void test_rfc_examples(void)
 
 static void fill_text(uint8_t *p, size_t len, uint32_t seed)
 {
-    static const char *words[] = {"{\"op\":", "\"message\"", ",\"channel\":\"news\"", "42",
-                                  ",\"data\":{\"text\":\"", "hello ", "world ", "\xc3\xa9t\xc3\xa9 "};
+    static const char *words[] = {"{\"op\":", "\"message\"", ",\"channel\":\"news\"",
+                                  "42",     ",\"data\":{\"text\":\"", "hello ",
+                                  "world ", "\xc3\xa9t\xc3\xa9 "};
     size_t i = 0;
     while (i < len) {
         seed = seed * 1103515245u + 12345u;
@@ -243,6 +244,9 @@ static void test_round_trips(void)
     CHECK_EQ_INT(sb_ws_deflate_message((const uint8_t *)"", 0, 15, &c, &cn), 0);
     CHECK_EQ_INT(cn, 1);
     if (cn == 1) CHECK_EQ_INT(c[0], 0);
+    free(c);
+    CHECK_EQ_INT(sb_ws_deflate_message(NULL, 0, 9, &c, &cn), 0);
+    CHECK_EQ_INT(cn, 1);
     free(c);
 
     /* Windows outside 8..15 are refused. */
