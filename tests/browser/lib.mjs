@@ -9,3 +9,19 @@ export async function launch() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
 }
+
+// Bundles a TSX entry (React included) into one script for page.setContent.
+export async function bundle(entry) {
+  const esbuild = await import('esbuild');
+  const r = await esbuild.build({
+    entryPoints: [entry], bundle: true, write: false, format: 'iife', target: 'es2020',
+    jsx: 'automatic', define: { 'process.env.NODE_ENV': '"production"' }, logLevel: 'silent',
+  });
+  return r.outputFiles[0].text;
+}
+
+export async function reactPage(browser, script, cfg) {
+  const page = await browser.newPage();
+  await page.setContent(`<!doctype html><html><body><div id="root"></div><script>window.__SB__=${JSON.stringify(cfg)}</script><script>${script.replace(/<\/script/g, '<\\/script')}</script></body></html>`);
+  return page;
+}
