@@ -86,6 +86,7 @@ static void test_history(void)
     for (size_t i = 0; i < n; i++) sb_msg_unref(out[i]);
     n = sb_broker_history(SB_STR("ring"), (sb_since_t){true, ids[9] + 1000}, 2, out, &rst, &next);
     CHECK(rst); /* a cursor from the future is not ours */
+    for (size_t i = 0; i < n; i++) sb_msg_unref(out[i]);
     n = sb_broker_history(SB_STR("nothing"), (sb_since_t){0}, 2, out, &rst, &next);
     CHECK_EQ_INT(n, 0);
 }

@@ -53,7 +53,7 @@ int main(void)
     f = sb_msg_frame(m, SB_FMT_SSE);
     CHECK_EQ_STR(f->data, f->len, "id: 101\ndata: {\"a\":[1,2]}\n\n"); /* "message" is implicit */
     f = sb_msg_frame(m, SB_FMT_SSE_ENV);
-    CHECK(strstr(f->data, "data: {\"id\":\"101\",\"channel\":\"c\",\"event\":\"message\",\"data\":{\"a\":[1,2]},\"time\":") == f->data + 9);
+    CHECK(strstr(f->data, "data: {\"id\":\"101\",\"channel\":\"c\",\"event\":\"message\",\"data\":{\"a\":[1,2]},\"time\":") == f->data + 8);
     sb_msg_unref(m);
     sb_net_stop();
     uv_run(&sb_net.loops[0]->uv, UV_RUN_DEFAULT);
