@@ -57,15 +57,26 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit (RLIMIT_FSIZE) makes a storage write fail with EFBIG,
+     * which publishes report as 507, instead of killing the process. */
+    signal(SIGXFSZ, SIG_IGN);
 
     sb_net.max_conns = sb_cfg.max_connections > 0 ? sb_cfg.max_connections : fd_budget();
+    if (sb_cfg.tls_cert[0] || sb_cfg.tls_key[0]) {
+        if (!sb_cfg.tls_cert[0] || !sb_cfg.tls_key[0]) {
+            fprintf(stderr, "switchboard: --tls-cert and --tls-key go together\n");
+            return 2;
+        }
+        if (sb_net_tls_init(sb_cfg.tls_cert, sb_cfg.tls_key) < 0) return 1;
+    }
     if (sb_server_init() < 0) return 1;
     if (sb_net_init(sb_cfg.workers, sb_cfg.listen_host, sb_cfg.listen_port, sb_http_accept) < 0)
         return 1;
     if (sb_server_start() < 0) return 1;
     if (sb_net_start() < 0) return 1;
-    sb_info("listening", "addr=%s:%d workers=%d max_connections=%lld history=%s auth=%s version=%s",
-            sb_cfg.listen_host, sb_net_port(), sb_cfg.workers, (long long)sb_net.max_conns,
+    sb_info("listening", "addr=%s:%d tls=%s workers=%d max_connections=%lld history=%s auth=%s version=%s",
+            sb_cfg.listen_host, sb_net_port(), sb_cfg.tls_cert[0] ? "on" : "off", sb_cfg.workers,
+            (long long)sb_net.max_conns,
             sb_server_history_mode(), sb_cfg.jwt_secret[0] ? "jwt" : (sb_cfg.api_key[0] ? "api-key" : "development"),
             SB_VERSION);
     if (!sb_cfg.jwt_secret[0] && !sb_cfg.api_key[0])

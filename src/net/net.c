@@ -10,6 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "config/config.h"
 
 struct sb_task {
@@ -148,6 +151,7 @@ static bool q_reserve(sb_conn_t *c)
 static void q_pop(sb_conn_t *c)
 {
     sb_frame_unref(c->q[c->qhead].f);
+    if (c->enc_upto) c->enc_upto--;
     c->qhead++;
     c->qlen--;
     if (c->qlen == 0) {
@@ -187,10 +191,19 @@ void sb_conn_send_copy(sb_conn_t *c, const void *p, size_t len)
     sb_conn_send(c, sb_frame_copy(p, len), NULL);
 }
 
-size_t sb_conn_drop_tagged(sb_conn_t *c, const void *tag, size_t keep_bytes)
+/* The first queue entry a policy may touch: not in flight, not partly
+ * written, not already encrypted. */
+static uint32_t first_untouched(sb_conn_t *c)
 {
     uint32_t start = (c->flags & SB_CONN_WRITING) ? c->inflight : 0;
     if (start < c->qlen && qat(c, start)->off) start++;
+    if (start < c->enc_upto) start = c->enc_upto;
+    return start;
+}
+
+size_t sb_conn_drop_tagged(sb_conn_t *c, const void *tag, size_t keep_bytes)
+{
+    uint32_t start = first_untouched(c);
     size_t tagged = 0;
     for (uint32_t i = start; i < c->qlen; i++)
         if (qat(c, i)->tag == tag) tagged += qat(c, i)->f->len;
@@ -213,8 +226,7 @@ size_t sb_conn_drop_tagged(sb_conn_t *c, const void *tag, size_t keep_bytes)
 
 size_t sb_conn_discard_unsent(sb_conn_t *c)
 {
-    uint32_t keep = (c->flags & SB_CONN_WRITING) ? c->inflight : 0;
-    if (keep < c->qlen && qat(c, keep)->off) keep++;
+    uint32_t keep = first_untouched(c);
     size_t bytes = 0;
     while (c->qlen > keep) {
         sb_out_t *e = qat(c, c->qlen - 1);
@@ -228,7 +240,7 @@ size_t sb_conn_discard_unsent(sb_conn_t *c)
 
 bool sb_conn_replace_tagged(sb_conn_t *c, const void *tag, sb_frame_t *f)
 {
-    uint32_t start = (c->flags & SB_CONN_WRITING) ? c->inflight : 0;
+    uint32_t start = first_untouched(c);
     for (uint32_t i = c->qlen; i-- > start;) {
         sb_out_t *e = qat(c, i);
         if (e->tag != tag || e->off) continue;
@@ -240,9 +252,13 @@ bool sb_conn_replace_tagged(sb_conn_t *c, const void *tag, sb_frame_t *f)
     return false;
 }
 
+/* Entries that may go to the socket: all of them, or with TLS the encrypted ones. */
+static uint32_t writable(const sb_conn_t *c) { return c->tls ? c->enc_upto : c->qlen; }
+
 static uint32_t fill_iov(sb_conn_t *c, uv_buf_t *iov, uint32_t max)
 {
-    uint32_t n = c->qlen < max ? c->qlen : max;
+    uint32_t w = writable(c);
+    uint32_t n = w < max ? w : max;
     for (uint32_t i = 0; i < n; i++) {
         sb_out_t *e = qat(c, i);
         iov[i] = uv_buf_init(e->f->data + e->off, e->f->len - e->off);
@@ -291,11 +307,16 @@ static void write_cb(uv_write_t *req, int status)
     else if (c->ops && c->ops->on_drain) c->ops->on_drain(c);
 }
 
+static void tls_encrypt(sb_conn_t *c);
+
 static void flush_conn(sb_conn_t *c)
 {
     sb_loop_t *loop = c->loop;
     if (c->flags & (SB_CONN_WRITING | SB_CONN_CLOSING)) return;
-    if (c->qlen == 0) {
+    if (c->tls) tls_encrypt(c);
+    if (c->flags & SB_CONN_CLOSING) return;
+    if (writable(c) == 0) {
+        if (c->qlen) return; /* TLS: plaintext waits for the handshake */
         if ((c->flags & SB_CONN_ENDING) && !(c->flags & SB_CONN_SHUTDOWN)) start_shutdown(c);
         return;
     }
@@ -312,7 +333,8 @@ static void flush_conn(sb_conn_t *c)
         consume(c, (size_t)r);
         SB_STAT_ADD(loop, bytes_out, (uint64_t)r);
     }
-    if (c->qlen == 0) {
+    if (writable(c) == 0) {
+        if (c->qlen) return;
         if (c->flags & SB_CONN_ENDING) start_shutdown(c);
         else if (c->ops && c->ops->on_drain) c->ops->on_drain(c);
         return;
@@ -410,6 +432,7 @@ static void close_cb(uv_handle_t *h)
     sb_conn_t *c = h->data;
     sb_loop_t *loop = c->loop;
     if (c->ops && c->ops->on_close) c->ops->on_close(c);
+    if (c->tls) SSL_free(c->tls);
     while (c->qlen) q_pop(c);
     if (c->q != c->qinline) free(c->q);
     free(c->in);
@@ -489,7 +512,7 @@ void sb_conn_resume(sb_conn_t *c)
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     sb_conn_t *c = h->data;
-    if (c->in_len && !(c->flags & SB_CONN_SHUTDOWN)) {
+    if (c->in_len && !c->tls && !(c->flags & SB_CONN_SHUTDOWN)) {
         /* An incomplete request or frame is pending: read straight after it. */
         if (c->in_cap - c->in_len < 16384) {
             size_t cap = c->in_cap * 2;
@@ -508,6 +531,147 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init(c->loop->readbuf, READBUF_SIZE);
 }
 
+/* Hands bytes from a scratch buffer (the loop's) to the protocol; what it does
+ * not consume yet is kept in the connection's own input buffer. */
+static void feed(sb_conn_t *c, char *p, size_t n)
+{
+    if (c->in_len) {
+        if (c->in_cap - c->in_len < n) {
+            size_t cap = c->in_len + n + 16384;
+            char *q = cap <= SB_CONN_MAX_INPUT ? realloc(c->in, cap) : NULL;
+            if (!q) {
+                sb_conn_close(c);
+                return;
+            }
+            c->in = q;
+            c->in_cap = (uint32_t)cap;
+        }
+        memcpy(c->in + c->in_len, p, n);
+        c->in_len += (uint32_t)n;
+        run_on_data(c);
+        return;
+    }
+    ssize_t used = c->ops->on_data(c, p, n);
+    if (used < 0 || (c->flags & SB_CONN_CLOSING)) return;
+    size_t rest = n - (size_t)used;
+    if (!rest) return;
+    size_t cap = rest * 2 < 16384 ? 16384 : rest * 2;
+    c->in = malloc(cap);
+    if (!c->in) {
+        sb_conn_close(c);
+        return;
+    }
+    memcpy(c->in, p + used, rest);
+    c->in_len = (uint32_t)rest;
+    c->in_cap = (uint32_t)cap;
+}
+
+/* ---- TLS: memory BIOs on the loop; the socket only ever sees ciphertext ---- */
+static SSL_CTX *tls_ctx;
+
+int sb_net_tls_init(const char *cert, const char *key)
+{
+    tls_ctx = SSL_CTX_new(TLS_server_method());
+    if (!tls_ctx) goto fail;
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+    /* Idle connections give their record buffers back. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_use_certificate_chain_file(tls_ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(tls_ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(tls_ctx) != 1)
+        goto fail;
+    return 0;
+fail:;
+    char err[256] = "unknown";
+    unsigned long e = ERR_get_error();
+    if (e) ERR_error_string_n(e, err, sizeof err);
+    sb_error("cannot load TLS certificate or key", "cert=%s key=%s err=\"%s\"", cert, key, err);
+    if (tls_ctx) SSL_CTX_free(tls_ctx);
+    tls_ctx = NULL;
+    return -1;
+}
+
+/* Moves ciphertext OpenSSL produced into the queue, after the ciphertext
+ * already there and before any plaintext not yet encrypted. */
+static void tls_emit(sb_conn_t *c)
+{
+    BIO *wbio = SSL_get_wbio(c->tls);
+    int pending = (int)BIO_ctrl_pending(wbio);
+    if (pending <= 0) return;
+    sb_frame_t *f = sb_frame_new((size_t)pending);
+    if (!f || !q_reserve(c)) {
+        sb_frame_unref(f);
+        sb_conn_close(c);
+        return;
+    }
+    BIO_read(wbio, f->data, pending);
+    uint32_t at = c->enc_upto;
+    memmove(qat(c, at + 1), qat(c, at), (c->qlen - at) * sizeof(sb_out_t));
+    *qat(c, at) = (sb_out_t){f, 0, NULL};
+    c->qlen++;
+    c->enc_upto++;
+    c->out_bytes += f->len;
+    mark_pending(c);
+}
+
+static void tls_encrypt(sb_conn_t *c)
+{
+    if (!SSL_is_init_finished(c->tls)) return;
+    if (c->enc_upto < c->qlen) {
+        /* All plaintext queued this turn becomes one run of TLS records. */
+        uint32_t from = c->enc_upto;
+        for (uint32_t i = from; i < c->qlen; i++) {
+            sb_out_t *e = qat(c, i);
+            if (SSL_write(c->tls, e->f->data + e->off, (int)(e->f->len - e->off)) <= 0) {
+                ERR_clear_error();
+                sb_conn_close(c);
+                return;
+            }
+            c->out_bytes -= e->f->len - e->off;
+            sb_frame_unref(e->f);
+        }
+        c->qlen = from;
+        tls_emit(c);
+    }
+    if ((c->flags & SB_CONN_ENDING) && !c->tls_closing && c->enc_upto == c->qlen) {
+        c->tls_closing = true;
+        SSL_shutdown(c->tls); /* close_notify after the last byte of data */
+        tls_emit(c);
+    }
+}
+
+static void tls_on_cipher(sb_conn_t *c, const char *p, size_t n)
+{
+    BIO_write(SSL_get_rbio(c->tls), p, (int)n);
+    if (!SSL_is_init_finished(c->tls)) {
+        int r = SSL_do_handshake(c->tls);
+        tls_emit(c);
+        if (r != 1) {
+            int e = SSL_get_error(c->tls, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                sb_log_ratelimited(SB_LOG_INFO, 1000, "TLS handshake failed", "peer=%s", c->peer);
+                ERR_clear_error();
+                sb_conn_close(c);
+            }
+            return;
+        }
+    }
+    for (;;) {
+        int r = SSL_read(c->tls, c->loop->tlsbuf, READBUF_SIZE);
+        if (r > 0) {
+            feed(c, c->loop->tlsbuf, (size_t)r);
+            if (c->flags & (SB_CONN_CLOSING | SB_CONN_ENDING | SB_CONN_SHUTDOWN)) break;
+            continue;
+        }
+        int e = SSL_get_error(c->tls, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+        ERR_clear_error();
+        sb_conn_close(c); /* close_notify or a TLS error */
+        return;
+    }
+    tls_emit(c);
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     sb_conn_t *c = s->data;
@@ -521,24 +685,16 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) return;
     SB_STAT_ADD(c->loop, bytes_in, (uint64_t)nread);
     if (c->flags & SB_CONN_SHUTDOWN) return; /* lingering: discard */
+    if (c->tls) {
+        tls_on_cipher(c, buf->base, (size_t)nread);
+        return;
+    }
     if (buf->base != c->loop->readbuf) {
         c->in_len += (uint32_t)nread;
         run_on_data(c);
         return;
     }
-    ssize_t used = c->ops->on_data(c, buf->base, (size_t)nread);
-    if (used < 0 || (c->flags & SB_CONN_CLOSING)) return;
-    size_t rest = (size_t)nread - (size_t)used;
-    if (!rest) return;
-    size_t cap = rest * 2 < 16384 ? 16384 : rest * 2;
-    c->in = malloc(cap);
-    if (!c->in) {
-        sb_conn_close(c);
-        return;
-    }
-    memcpy(c->in, buf->base + used, rest);
-    c->in_len = (uint32_t)rest;
-    c->in_cap = (uint32_t)cap;
+    feed(c, buf->base, (size_t)nread);
 }
 
 static const char refused_503[] =
@@ -584,8 +740,9 @@ static void on_connection(uv_stream_t *server, int status)
         SB_STAT_ADD(loop, conns_refused, 1);
         sb_log_ratelimited(SB_LOG_WARN, 1000, "connection refused: at the connection cap",
                            "open=%lld max=%lld", (long long)open - 1, (long long)sb_net.max_conns);
+        /* A TLS client cannot read a plaintext answer: it sees the close. */
         uv_buf_t b = uv_buf_init((char *)refused_503, sizeof refused_503 - 1);
-        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (!tls_ctx) uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         sb_conn_close(c);
         return;
     }
@@ -600,6 +757,20 @@ static void on_connection(uv_stream_t *server, int status)
     }
     /* Real-time traffic: never wait for Nagle. */
     uv_tcp_nodelay(&c->tcp, 1);
+    if (tls_ctx) {
+        SSL *ssl = SSL_new(tls_ctx);
+        BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+        if (!ssl || !rb || !wb) {
+            SSL_free(ssl);
+            BIO_free(rb);
+            BIO_free(wb);
+            sb_conn_close(c);
+            return;
+        }
+        SSL_set_bio(ssl, rb, wb);
+        SSL_set_accept_state(ssl);
+        c->tls = ssl;
+    }
     sb_net.on_accept(c);
     if (!(c->flags & SB_CONN_CLOSING)) uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
@@ -668,7 +839,8 @@ int sb_net_init(int nloops, const char *host, int port, void (*on_accept)(sb_con
         sb_net.loops[i] = l;
         l->id = i;
         l->readbuf = malloc(READBUF_SIZE);
-        if (!l->readbuf) return -ENOMEM;
+        l->tlsbuf = tls_ctx ? malloc(READBUF_SIZE) : NULL;
+        if (!l->readbuf || (tls_ctx && !l->tlsbuf)) return -ENOMEM;
         l->now_ms = sb_now_ms();
         uv_loop_init(&l->uv);
         l->uv.data = l;
@@ -802,6 +974,7 @@ void sb_net_free(void)
         free(l->inbox);
         free(l->work);
         free(l->readbuf);
+        free(l->tlsbuf);
         free(l);
     }
     free(sb_net.loops);

@@ -79,6 +79,9 @@ struct sb_conn {
     sb_conn_t *next, *prev;     /* the loop's list of connections */
     sb_conn_t *pending_next;    /* the loop's pending-flush list */
     char peer[48];         /* remote IP, for logs and per-IP limits */
+    void *tls;             /* SSL* when serving TLS, else NULL */
+    uint32_t enc_upto;     /* TLS: queue entries [0, enc_upto) are ciphertext */
+    bool tls_closing;      /* TLS: close_notify sent */
 };
 
 /* Per-loop counters. Each is written only by its loop's thread (relaxed
@@ -130,6 +133,7 @@ struct sb_loop {
     size_t nconns;
     uv_write_t *write_free; /* freelist of write requests */
     char *readbuf;          /* shared by all reads on this loop (libuv reads one at a time) */
+    char *tlsbuf;           /* decrypted bytes of the current TLS read */
     bool readbuf_busy;
     sb_loop_stats_t stats;
     sb_hist_t delivery_lat; /* publish -> handed to the loop's flush, per message per loop */
@@ -156,6 +160,9 @@ extern sb_net_t sb_net;
  * port 0 picks a free port (shared by every loop). Returns 0 or a negative
  * errno; logs the reason. Call from the main thread before sb_net_run. */
 int sb_net_init(int nloops, const char *host, int port, void (*on_accept)(sb_conn_t *c));
+/* Serves TLS on every connection from now on: loads a PEM certificate chain and
+ * key. Call before sb_net_init. Returns 0, or -1 after logging why. */
+int sb_net_tls_init(const char *cert_file, const char *key_file);
 /* The bound port (useful with port 0). */
 int sb_net_port(void);
 /* Starts one thread per loop and returns; sb_net_join waits for them. */
