@@ -229,10 +229,11 @@ done
 if [ "$QUICK" != 1 ]; then
   for t in switchboard nchan node-ws; do
     # The highest rate with 100 % delivery to 10,000 subscribers: a ladder on the same
-    # connections that stops at the first rung with a loss (or p99 over 1 s).
+    # connections that stops at the first rung with a loss or a publish the server
+    # could not take; the table shows that rate and its p99.
     # shellcheck disable=SC2046
     run_case fanout-10k-max "$t" --scenario fanout $(ws_args "$t") --subs 10000 \
-      --rate 10,20,40,80 --duration 5 --stop-on-loss --max-p99 1000 "${COMMON[@]}"
+      --rate 10,20,40,80,160 --duration 5 --stop-on-loss "${COMMON[@]}"
   done
 fi
 
@@ -249,10 +250,14 @@ for t in switchboard node-ws; do
     --duration "$DUR" "${COMMON[@]}"
 done
 
-# 5. HTTP publish throughput: 16 keep-alive connections, one request in flight each
-#    (what real clients do), no subscribers.
+# 5. HTTP publish throughput, no subscribers: 16 keep-alive connections with one request
+#    in flight each (what real clients do), then 4 connections pipelining 32 each.
 for t in switchboard nchan node-sse; do
   run_case publish "$t" --scenario publish --pub http --pubs 16 --window 1 --rate 0 \
+    --duration "$DUR" "${COMMON[@]}"
+done
+for t in switchboard nchan node-sse; do
+  run_case publish-pipelined "$t" --scenario publish --pub http --pubs 4 --window 32 --rate 0 \
     --duration "$DUR" "${COMMON[@]}"
 done
 
@@ -265,6 +270,17 @@ for t in switchboard nchan node-ws; do
   esac
   run_case storm "$t" --scenario storm --sub "$sub" --subs "$STORM" --concurrency 512
 done
+
+# 7. instructions per delivered message under callgrind (Switchboard only): repeatable
+#    on a noisy machine, so the figure to compare between commits.
+if wanted switchboard callgrind && have_target switchboard && command -v valgrind >/dev/null; then
+  say ""
+  say "## callgrind / switchboard"
+  BUILD_RELEASE=$BUILD CG_PORT=$((PORT + 1)) bench/callgrind.sh 2>&1 | tee "$WORK/cg.txt" \
+    | tee -a "$RESULT" | grep -v '^scenario=' || true
+  grep '^scenario=callgrind' "$WORK/cg.txt" | sed 's/^/case=callgrind run=1 target=switchboard /' \
+    >>"$KV" || true
+fi
 
 # ---- the table ----------------------------------------------------------------------
 say ""

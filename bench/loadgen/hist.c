@@ -39,6 +39,8 @@ double lg_hist_quantile(const lg_hist_t *h, double q)
 {
     if (h->count == 0)
         return 0;
+    if (q >= 1.0)
+        return (double)h->max;
     /* The rank is rounded up so that p99.9 of 1,000 samples is the largest, not the
      * second largest: a percentile must never look better than the data. */
     uint64_t rank = (uint64_t)(q * (double)h->count + 0.999999);

@@ -66,6 +66,7 @@ typedef struct lg_conn {
     bool chunked;     /* SSE body in chunked transfer encoding */
     bool in_body;     /* HTTP publisher: parsing a response body */
     bool counted;     /* established and counted in its group */
+    bool cork;        /* queue sends, one write when uncorked (lg_net_uncork) */
     uint32_t group;
     int32_t pubid;    /* publisher this connection sends for, or -1 */
     lg_seq_t *seq;    /* receivers: one slot per publisher of the group */
@@ -128,6 +129,7 @@ typedef struct {
     uint32_t npubs;
     uint32_t *group_recv;   /* established receivers per group */
     uint32_t *group_pubs;   /* publishers per group */
+    lg_seq_t *seq_block;    /* every receiver's sequence slots, one allocation */
     uint32_t next_connect, inflight, established, failed, closed_during_run;
     uint64_t outstanding;   /* publish requests or acks in flight, all publishers */
     uint64_t t0;            /* CLOCK_MONOTONIC at start, us */
@@ -154,8 +156,16 @@ void lg_net_poll(uint64_t timeout_us);
 void lg_net_send(lg_conn_t *c, const void *p, size_t n);
 /* Fails connections whose connect or handshake takes longer than the connect timeout. */
 void lg_net_expire(void);
+/* Decodes chunked transfer encoding: returns the input bytes consumed (it stops right
+ * after the body's end, setting ch->done); data bytes go to out (may be NULL), their
+ * count to *outn. Start with a zeroed lg_chunk_t. */
+size_t lg_dechunk(lg_chunk_t *ch, const char *in, size_t n, char *out, size_t *outn);
+/* Checks the histogram, the chunked decoder and the frame encoder; returns 0 if sound. */
+int lg_selftest(void);
 /* Resets every connection with SO_LINGER 0 so the kernel keeps no TIME_WAIT. */
 void lg_net_close_all(void);
+/* Writes what a corked connection queued, in one send. */
+void lg_net_uncork(lg_conn_t *c);
 /* True while a connection has more queued than a publisher may pile up. */
 bool lg_net_out_busy(const lg_conn_t *c);
 /* Writes one masked client WebSocket frame into out (n + 14 bytes at most). */

@@ -46,6 +46,9 @@ static void die_oom(void)
 
 static void keep_tail(lg_conn_t *c, const char *p, size_t n)
 {
+    c->in_len = 0;
+    if (n == 0)
+        return;
     if (n > c->in_cap) {
         size_t cap = n < 512 ? 512 : n * 2;
         char *q = realloc(c->in, cap);
@@ -188,7 +191,7 @@ void lg_net_send(lg_conn_t *c, const void *p, size_t n)
 {
     if (c->fd < 0)
         return;
-    if (c->out_len == 0) {
+    if (c->out_len == 0 && !c->cork) {
         ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
         if (w == (ssize_t)n)
             return;
@@ -219,6 +222,13 @@ void lg_net_send(lg_conn_t *c, const void *p, size_t n)
     }
     memcpy(c->out + c->out_off + c->out_len, p, n);
     c->out_len += (uint32_t)n;
+}
+
+void lg_net_uncork(lg_conn_t *c)
+{
+    c->cork = false;
+    if (c->fd >= 0 && c->out_len > 0)
+        flush_out(c);
 }
 
 bool lg_net_out_busy(const lg_conn_t *c) { return c->out_len > OUT_LIMIT; }
@@ -293,7 +303,7 @@ static void established(lg_conn_t *c)
     if (c->receiver && !c->counted)
         L.group_recv[c->group]++;
     c->counted = true;
-    if (L.established + L.failed == L.nconns)
+    if (L.established + L.failed == L.nconns && L.t_all_connected == 0)
         L.t_all_connected = now;
     if (c->pubid >= 0)
         lg_pub_window_open(&L.pubs_v[c->pubid]);
@@ -530,10 +540,9 @@ static size_t ws_frames(lg_conn_t *c, const char *buf, size_t len, uint64_t now)
     return pos;
 }
 
-/* Decodes chunked transfer encoding; returns the input bytes consumed, which stop right
- * after the end of the body. Data bytes go to out (if not NULL), their count to *outn;
- * everything else is consumed here, so no raw tail is kept between reads. */
-static size_t dechunk(lg_chunk_t *ch, const char *in, size_t n, char *out, size_t *outn)
+/* Decodes chunked transfer encoding (see lg.h). Everything but data bytes is consumed
+ * here, so no raw tail is kept between reads. */
+size_t lg_dechunk(lg_chunk_t *ch, const char *in, size_t n, char *out, size_t *outn)
 {
     size_t o = 0, i = 0;
     while (i < n && !ch->done) {
@@ -610,9 +619,10 @@ static void sse_chunked(lg_conn_t *c, const char *raw, size_t n, uint64_t now)
 {
     char *dec = L.scratch + L.scratch_cap / 2;
     size_t left = c->in_len;
-    memcpy(dec, c->in, left);
+    if (left)
+        memcpy(dec, c->in, left);
     size_t m;
-    dechunk(&c->chunk, raw, n, dec + left, &m);
+    lg_dechunk(&c->chunk, raw, n, dec + left, &m);
     m += left;
     size_t used = sse_lines(c, dec, m, now);
     if (m - used > MAX_TAIL) {
@@ -646,7 +656,7 @@ static size_t http_responses(lg_conn_t *c, const char *buf, size_t len)
             pos += hl;
         } else if (c->chunked) {
             size_t ignored;
-            pos += dechunk(&c->chunk, buf + pos, len - pos, NULL, &ignored);
+            pos += lg_dechunk(&c->chunk, buf + pos, len - pos, NULL, &ignored);
             if (c->chunk.done)
                 c->in_body = false;
         } else {
@@ -727,7 +737,23 @@ static size_t process(lg_conn_t *c, const char *buf, size_t len, uint64_t now)
     return pos + sse_lines(c, buf + pos, len - pos, now);
 }
 
+static void read_all(lg_conn_t *c);
+
+/* A publisher answers each response with the next request. Every request triggered by
+ * one read goes out in one send: on loopback the sender pays for the receiver's TCP
+ * input too, so a send per request would make the generator the bottleneck. */
 static void on_readable(lg_conn_t *c)
+{
+    if (c->kind < 100) {
+        read_all(c);
+        return;
+    }
+    c->cork = true;
+    read_all(c);
+    lg_net_uncork(c);
+}
+
+static void read_all(lg_conn_t *c)
 {
     for (;;) {
         if (c->fd < 0)

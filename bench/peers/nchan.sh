@@ -24,7 +24,10 @@ pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
 
 events {
-    worker_connections 19900;
+    # nchan spends connection slots beyond its sockets (nginx warned "worker_connections
+    # are not enough" at ~18,650 of 19,900 subscribers), so this is set above the file
+    # limit, which is the real cap.
+    worker_connections 32768;
     use epoll;
     multi_accept on;
 }
