@@ -256,6 +256,31 @@ describe('JSON protocol', () => {
   });
 });
 
+describe('slow consumers', () => {
+  test('a WebSocket reader that stops reading is closed with 1013 and counted', async () => {
+    const small = await startServer(['--max-output', '256k']);
+    try {
+      const c = await rawWs(small.port);
+      c.json({ op: 'subscribe', channel: 'firehose', ref: 1 });
+      await c.nextJson((m) => m.ref === 1);
+      c.sock.pause(); // stop reading: kernel buffers fill, then the server's queue
+      const big = 'z'.repeat(60000);
+      for (let i = 0; i < 600; i++) {
+        const r = await publish(small.base, 'firehose', { data: big });
+        assert.equal(r.status, 201, 'publishers are never slowed by a slow reader');
+      }
+      c.sock.resume();
+      const close = await c.closeFrame(10000);
+      assert.equal(close?.code, 1013);
+      const m = await (await fetch(`${small.base}/api/metrics`)).json();
+      assert.ok(m.slowDisconnects >= 1);
+      c.end();
+    } finally {
+      await small.stop();
+    }
+  });
+});
+
 describe('rooms (the seeds\' ?room= server)', () => {
   test('frames go verbatim to the other members only; leave is announced', async () => {
     const url = `ws://127.0.0.1:${srv.port}/?room=demo`;
