@@ -775,6 +775,26 @@ static void on_connection(uv_stream_t *server, int status)
     if (!(c->flags & SB_CONN_CLOSING)) uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
+sb_conn_t *sb_conn_new_detached(sb_loop_t *loop)
+{
+    sb_conn_t *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->loop = loop;
+    c->id = atomic_fetch_add(&next_conn_id, 1);
+    c->q = c->qinline;
+    c->qcap = SB_OUT_INLINE;
+    c->created_ms = loop->now_ms;
+    uv_tcp_init(&loop->uv, &c->tcp);
+    c->tcp.data = c;
+    c->next = loop->conns;
+    if (loop->conns) loop->conns->prev = c;
+    loop->conns = c;
+    loop->nconns++;
+    atomic_fetch_add(&sb_net.conns_open, 1);
+    SB_STAT_ADD(loop, conns_open, 1);
+    return c;
+}
+
 static void tick_cb(uv_timer_t *t)
 {
     sb_loop_t *loop = t->data;

@@ -176,6 +176,11 @@ void sb_loop_post(sb_loop_t *loop, sb_task_fn fn, void *a, void *b);
 /* The loop whose thread is calling, or NULL on other threads. */
 sb_loop_t *sb_loop_current(void);
 
+/* Creates a connection on `loop` that no socket backs (for fuzzers and unit
+ * tests that drive a protocol's on_data directly): writes to it fail and close
+ * it. Loop thread only; freed by sb_conn_close like any other. */
+sb_conn_t *sb_conn_new_detached(sb_loop_t *loop);
+
 /* Queues a frame for writing. Takes the reference f. `tag` marks the channel for
  * slow-reader policies (NULL for protocol frames). Dropped silently when the
  * conn is closing. Loop thread only. */

@@ -857,6 +857,36 @@ static int handle_upgrade(sb_conn_t *c, sb_http_ctx_t *x)
     return SB_HTTP_TAKEN;
 }
 
+sb_ws_t *sb_ws_attach(sb_conn_t *c, const char *room)
+{
+    sb_ws_t *ws = calloc(1, sizeof *ws);
+    if (!ws) return NULL;
+    ws->c = c;
+    ws->kind = room ? WS_ROOM : WS_JSON;
+    ws->echo = true;
+    ws->last_rx_ms = c->loop->now_ms;
+    c->ops = &ws_ops;
+    c->proto = ws;
+    SB_STAT_ADD(c->loop, ws_conns, 1);
+    if (room) {
+        size_t n = strlen(room);
+        ws->room = calloc(1, sizeof *ws->room);
+        if (!ws->room || n > 128) return ws;
+        ws->room->sub.ops = &room_sink;
+        ws->room->sub.sink = ws;
+        memcpy(ws->room->name, room, n);
+        ws->room->name_len = (uint16_t)n;
+        sb_sub_t *subs[1] = {&ws->room->sub};
+        sb_str_t names[1] = {sb_str(ws->room->name, n)};
+        sb_err_t why;
+        if (sb_broker_subscribe(c->loop, subs, names, 1, (sb_since_t){0}, &why) < 0) {
+            free(ws->room);
+            ws->room = NULL;
+        }
+    }
+    return ws;
+}
+
 static int plain_get(sb_conn_t *c, sb_http_ctx_t *x)
 {
     sb_http_error(c, SB_ERR_UPGRADE_REQUIRED);

@@ -15,6 +15,11 @@ typedef struct sb_ws sb_ws_t;
  * thread, at start. */
 void sb_ws_init(void);
 
+/* Makes c a WebSocket connection of the JSON protocol (room == NULL) or of raw
+ * room `room` without an HTTP upgrade: for fuzzers and tests that feed frames
+ * to a connection made with sb_conn_new_detached. Returns NULL on failure. */
+sb_ws_t *sb_ws_attach(sb_conn_t *c, const char *room);
+
 /* ---- for layers that extend the JSON protocol (presence, ai) ---- */
 /* The connection of a ws, and the user and info its token named (may be ""). */
 sb_conn_t *sb_ws_conn(sb_ws_t *ws);
