@@ -43,7 +43,8 @@ typedef struct sock {
 struct sb_ai_call {
     sb_ai_engine_t *eng;
     sb_ai_call_t *prev, *next; /* every call the engine holds */
-    sb_ai_call_t *later;       /* the pending or the reap list */
+    sb_ai_call_t *pend_next;   /* the pending list (started while the engine was busy) */
+    sb_ai_call_t *reap_next;   /* the reap list; a pending call may be on both */
     CURL *easy;
     struct curl_slist *headers;
     char *url, *body;
@@ -118,7 +119,7 @@ static void schedule_reap(sb_ai_call_t *c)
     if (c->reaping) return;
     c->reaping = true;
     c->stop = true;
-    c->later = c->eng->reap;
+    c->reap_next = c->eng->reap;
     c->eng->reap = c;
 }
 
@@ -134,8 +135,8 @@ static void leave(sb_ai_engine_t *e)
     while (e->busy == 1 && (e->pending || e->reap)) {
         while (e->pending) {
             sb_ai_call_t *c = e->pending;
-            e->pending = c->later;
-            c->later = NULL;
+            e->pending = c->pend_next;
+            c->pend_next = NULL;
             if (c->reaping) continue; /* cancelled before it was added */
             if (curl_multi_add_handle(e->multi, c->easy) == CURLM_OK) {
                 c->added = true;
@@ -145,7 +146,7 @@ static void leave(sb_ai_engine_t *e)
         }
         while (e->reap) {
             sb_ai_call_t *c = e->reap;
-            e->reap = c->later;
+            e->reap = c->reap_next;
             destroy(c);
         }
     }
@@ -593,7 +594,7 @@ int sb_ai_start(sb_ai_engine_t *e, const sb_ai_upstream_t *up, const char *messa
 
     if (e->busy) {
         /* Inside a callback curl may be running: add the handle on leaving. */
-        c->later = e->pending;
+        c->pend_next = e->pending;
         e->pending = c;
     } else if (curl_multi_add_handle(e->multi, c->easy) == CURLM_OK) {
         c->added = true;

@@ -429,7 +429,7 @@ static void transcript(sb_ai_dialect_t d, const char *file, const char *txt)
 
     /* Byte by byte. */
     {
-        size_t *ones = malloc(len * sizeof(size_t));
+        size_t *ones = calloc(len + 1, sizeof(size_t));
         for (size_t i = 0; i < len; i++) ones[i] = 1;
         result_t r;
         decode(d, in, len, ones, len, false, &r);

@@ -163,6 +163,8 @@ typedef struct call_rec {
     sb_ai_call_t *call;
     int cancel_after;      /* cancel from on_delta after this many deltas */
     struct call_rec *chain; /* started from this call's on_done */
+    /* Started from this call's first on_delta; the first is cancelled at once. */
+    struct call_rec *spawn_cancel, *spawn_keep;
     sb_ai_engine_t *eng;
 } rec_t;
 
@@ -175,9 +177,20 @@ static void on_start(void *ud)
     r->starts++;
 }
 
+static int start(rec_t *r);
+
 static void on_delta(void *ud, const char *text, size_t len)
 {
     rec_t *r = ud;
+    if (r->deltas == 0 && r->spawn_cancel) {
+        /* Both wait for the engine to leave curl; cancelling the later one
+         * (the head of the waiting list) must not lose the other. */
+        CHECK_EQ_INT(start(r->spawn_keep), 0);
+        CHECK_EQ_INT(start(r->spawn_cancel), 0);
+        sb_ai_cancel(r->spawn_cancel->call);
+        r->spawn_cancel->final = true;
+        finals++;
+    }
     if (r->final) r->late++;
     CHECK(len > 0);
     CHECK(sb_utf8_valid((const uint8_t *)text, len));
@@ -196,8 +209,6 @@ static const char *echo_json = "[{\"id\":\"u1\",\"role\":\"user\",\"parts\":[{\"
                                "\"text\":\"Echo me: caf\xC3\xA9 \xF0\x9F\x9A\x80 "
                                "\\\"quoted\\\"\"}]}]";
 static const char *echo_text = "Echo me: caf\xC3\xA9 \xF0\x9F\x9A\x80 \"quoted\"";
-
-static int start(rec_t *r);
 
 static void on_done(void *ud, const char *finish)
 {
@@ -395,18 +406,25 @@ static void cancels(uv_loop_t *loop, sb_ai_engine_t *e)
     /* A call whose on_done starts another: the second must run to its end too. */
     rec_t second = OK("chained", SB_AI_ANTHROPIC, "code", 1);
     rec_t first = OK("chaining", SB_AI_OPENAI, "code", 1);
-    in.eng = out.eng = second.eng = first.eng = e;
+    /* A call whose first delta starts two, cancelling one of them at once. */
+    rec_t spawner = OK("spawner", SB_AI_OPENAI, "story", 0);
+    rec_t dropped = OK("spawned and cancelled", SB_AI_ANTHROPIC, "story", 0);
+    rec_t kept = OK("spawned and kept", SB_AI_ANTHROPIC, "code", 1);
+    in.eng = out.eng = second.eng = first.eng = spawner.eng = dropped.eng = kept.eng = e;
     in.cancel_after = 5;
     first.chain = &second;
+    spawner.spawn_cancel = &dropped;
+    spawner.spawn_keep = &kept;
     outside = &out;
     finals = 0;
     CHECK_EQ_INT(start(&in), 0);
     CHECK_EQ_INT(start(&out), 0);
     CHECK_EQ_INT(start(&first), 0);
+    CHECK_EQ_INT(start(&spawner), 0);
     uv_timer_t t;
     uv_timer_init(loop, &t);
     uv_timer_start(&t, cancel_cb, 5, 5);
-    run_until(loop, 4);
+    run_until(loop, 7);
     uv_close((uv_handle_t *)&t, NULL);
     /* Let the cancelled calls' remaining bytes arrive: nothing may be reported. */
     uv_timer_t wait;
@@ -422,11 +440,16 @@ static void cancels(uv_loop_t *loop, sb_ai_engine_t *e)
     CHECK_EQ_INT(out.dones + out.errors + out.late, 0);
     check_rec(&first);
     check_rec(&second);
+    check_rec(&spawner);
+    check_rec(&kept);
+    CHECK_EQ_INT(dropped.starts + dropped.deltas + dropped.dones + dropped.errors, 0);
     CHECK_EQ_INT(sb_ai_engine_active(e), 0);
     sb_buf_free(&in.text);
     sb_buf_free(&out.text);
     sb_buf_free(&first.text);
     sb_buf_free(&second.text);
+    sb_buf_free(&spawner.text);
+    sb_buf_free(&kept.text);
 }
 
 /* 200 calls at once on one loop, both dialects: each gets its whole answer. */
