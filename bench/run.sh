@@ -286,6 +286,6 @@ fi
 say ""
 say "# Summary (median of $REPEAT run(s)); ratio = switchboard / peer."
 say "# 'lower' metrics: a ratio below 1 means Switchboard leads; 'higher' metrics: above 1."
-awk -f bench/summary.awk "$KV" | tee -a "$RESULT"
+awk -v quick="$([ "$QUICK" = 1 ] && echo 1 || echo 0)" -f bench/summary.awk "$KV" | tee -a "$RESULT"
 say ""
 say "full output: $RESULT (key=value lines: $KV)"

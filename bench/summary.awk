@@ -7,8 +7,8 @@ function metrics(c) {
     if (c ~ /^idle/) return "rss_per_conn_b:lower established:higher dropped:lower"
     if (c ~ /-max$/) return "max_rate_full_delivery:higher p99_ms_at_max:lower"
     if (c ~ /^fanout/)
-        return "delivered_per_s:higher loss_pct:lower p50_ms:lower p99_ms:lower " \
-               "server_us_per_delivery:lower gen_cpu_pct:info"
+        return "delivered_per_s:higher pub_per_s:higher loss_pct:lower p50_ms:lower " \
+               "p99_ms:lower server_us_per_delivery:lower gen_cpu_pct:info others_cpu_s:info"
     if (c ~ /^rooms/)
         return "delivered_per_s:higher loss_pct:lower misdelivered:lower p99_ms:lower " \
                "server_us_per_delivery:lower"
@@ -90,4 +90,45 @@ END {
         }
         if (c in peer_node) printf "%-16s %-26s node = %s\n", "", "", peer_node[c]
     }
+
+    # The targets of issue 9, read from the same medians.
+    print ""
+    print "# Targets of issue 9 (this run" (quick ? "; BENCH_QUICK: smaller counts, indicative only" : "") ")"
+    v = med("fanout-1k-1000", "switchboard", "loss_pct"); q99 = med("fanout-1k-1000", "switchboard", "p99_ms")
+    target("fan-out 1k x 1,000/s: 100% delivered, p99 < 20 ms", v != "" && q99 != "",
+           v == 0 && q99 < 20, sprintf("loss %s%%, p99 %s ms", fmt(v), fmt(q99)))
+    a = med("fanout-cpu-100k", "switchboard", "server_us_per_delivery")
+    b = med("fanout-cpu-100k", "nchan", "server_us_per_delivery")
+    q99 = med("fanout-cpu-100k", "switchboard", "p99_ms")
+    target("CPU/delivery at 100k/s <= nchan/2, p99 < 5 ms", a != "" && b != "" && q99 != "",
+           a <= b / 2 && q99 < 5, sprintf("%s vs nchan %s us, p99 %s ms", fmt(a), fmt(b), fmt(q99)))
+    q99 = med("fanout-10k", "switchboard", "p99_ms")
+    target("10k subscribers x 10/s: p99 < 100 ms", q99 != "", q99 < 100, sprintf("p99 %s ms", fmt(q99)))
+    a = med("idle-ws", "switchboard", "rss_per_conn_b"); b = med("idle-sse", "switchboard", "rss_per_conn_b")
+    target("idle: <= 1 KiB RSS per connection (WS, SSE)", a != "" && b != "", a <= 1024 && b <= 1024,
+           sprintf("WS %s B, SSE %s B", fmt(a), fmt(b)))
+    ahead("rooms", "server_us_per_delivery", "lower")
+    ahead("rooms", "delivered_per_s", "higher")
+    ahead("rooms", "p99_ms", "lower")
+    ahead("publish", "pub_per_s", "higher")
+    ahead("publish-pipelined", "pub_per_s", "higher")
+}
+
+function med(c, col, m) { return median(vals[c, col, m]) }
+
+function target(what, known, ok, detail) {
+    # One line per target: MET, MISSED, or n/a when this run did not measure it.
+    printf "  %-58s %-6s %s\n", what, (known ? (ok ? "MET" : "MISSED") : "n/a"), (known ? detail : "not measured")
+}
+
+# "Ahead of every peer in the same run" on one figure of one case.
+function ahead(c, m, dir,    sb, nc, nd, ok, known, detail) {
+    sb = med(c, "switchboard", m); nc = med(c, "nchan", m); nd = med(c, "node", m)
+    known = sb != "" && (nc != "" || nd != "")
+    ok = known
+    # A tie on a throughput that every target met in full is not behind.
+    if (nc != "") ok = ok && (dir == "lower" ? sb + 0 < nc + 0 : sb + 0 >= nc + 0)
+    if (nd != "") ok = ok && (dir == "lower" ? sb + 0 < nd + 0 : sb + 0 >= nd + 0)
+    detail = sprintf("%s %s vs nchan %s, node %s", m, fmt(sb), fmt(nc), fmt(nd))
+    target(c ": ahead of every peer (" m ")", known, ok, detail)
 }

@@ -116,6 +116,7 @@ typedef struct {
     int nrates;
     double duration, drain, settle, connect_timeout, max_p99_ms;
     bool stop_on_loss;
+    bool busy_poll;         /* epoll_wait never sleeps */
     const char *before_cmd, *after_cmd; /* shell commands run around each phase */
     char ws_path[256], sse_path[256], pub_path[256];
     int server_pids[8];

@@ -111,9 +111,9 @@ static long server_rss_kb(void)
 }
 
 /* The whole machine from /proc/stat, in seconds: busy time (everything but idle and
- * iowait) and the softirq part of it. Softirq time is accounted to no process, and on
- * loopback it holds the receive side of every segment, so it is reported on its own;
- * what remains besides the server and the generator is other work on the machine. */
+ * iowait) and the softirq part of it (on loopback, the receive side of every segment).
+ * What is busy besides the server and the generator is other work on the machine, the
+ * first thing to look at when two runs disagree. */
 static void machine_cpu(double *busy, double *softirq)
 {
     unsigned long long v[8] = {0};
@@ -319,6 +319,8 @@ static void usage(FILE *f)
 "  --before-phase CMD     shell command run just before each publish phase starts\n"
 "  --after-phase CMD      shell command run right after each phase has drained\n"
 "                         (bench/callgrind.sh uses them to count only the phase)\n"
+"  --busy-poll            never sleep in epoll_wait: the server then pays no wake-ups of\n"
+"                         the generator (which shows 100%% CPU); see bench/README.md\n"
 "  --self-test            check the histogram, chunked decoder and frame encoder; exit\n");
 }
 
@@ -337,7 +339,7 @@ static void parse_args(int argc, char **argv)
     enum { O_TARGET = 256, O_LABEL, O_SUB, O_PUB, O_SUBS, O_PUBS, O_CHANNELS, O_CHANNEL,
            O_ROOMS, O_MEMBERS, O_RATE, O_WINDOW, O_SIZE, O_DURATION, O_DRAIN, O_SETTLE,
            O_CONC, O_SRC, O_CTO, O_WSP, O_SSEP, O_PUBP, O_PID, O_STOP, O_MAXP99, O_SCEN,
-           O_BEFORE, O_AFTER, O_SELFTEST };
+           O_BEFORE, O_AFTER, O_SELFTEST, O_BUSY };
     static const struct option opts[] = {
         {"scenario", 1, 0, O_SCEN},       {"target", 1, 0, O_TARGET},
         {"label", 1, 0, O_LABEL},         {"sub", 1, 0, O_SUB},
@@ -353,7 +355,8 @@ static void parse_args(int argc, char **argv)
         {"pub-path", 1, 0, O_PUBP},       {"server-pid", 1, 0, O_PID},
         {"stop-on-loss", 0, 0, O_STOP},   {"max-p99", 1, 0, O_MAXP99},
         {"before-phase", 1, 0, O_BEFORE}, {"after-phase", 1, 0, O_AFTER},
-        {"self-test", 0, 0, O_SELFTEST},  {"help", 0, 0, 'h'},
+        {"self-test", 0, 0, O_SELFTEST},  {"busy-poll", 0, 0, O_BUSY},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     long subs_n = -1, pubs_n = -1, window = -1;
     int sub = -1, pub = -1, o;
@@ -431,6 +434,7 @@ static void parse_args(int argc, char **argv)
         case O_BEFORE: L.before_cmd = optarg; break;
         case O_AFTER: L.after_cmd = optarg; break;
         case O_SELFTEST: exit(lg_selftest());
+        case O_BUSY: L.busy_poll = true; break;
         case 'h': usage(stdout); exit(0);
         default: goto bad;
         }
@@ -787,8 +791,11 @@ static void report_phase(const phase_info_t *pi, int idx)
     double per_del = (pi->server_cpu >= 0 && unique) ? pi->server_cpu * 1e6 / (double)unique : -1;
     double per_pub =
         (pi->server_cpu >= 0 && ph->accepted) ? pi->server_cpu * 1e6 / (double)ph->accepted : -1;
-    double others =
-        pi->busy - pi->softirq - pi->gen_cpu - (pi->server_cpu > 0 ? pi->server_cpu : 0);
+    /* Softirq time is charged to whichever task the tick interrupts, so it is already
+     * inside the server's and the generator's figures: it is shown, not subtracted. */
+    double others = pi->busy - pi->gen_cpu - (pi->server_cpu > 0 ? pi->server_cpu : 0);
+    if (others < 0)
+        others = 0; /* /proc/stat is sampled by ticks, per-process times are not */
 
     printf("\n%s -> %s  phase %d: %s subscribers, %s publishers, rate %s\n", L.scenario, L.label,
            idx, sub_name(), pub_name(), pi->total_rate > 0 ? "paced" : "as fast as possible");
@@ -818,7 +825,7 @@ static void report_phase(const phase_info_t *pi, int idx)
         printf("  server       %.2f CPU s, %.2f us/delivery, %.2f us/publish, RSS %ld KiB\n",
                pi->server_cpu, per_del, per_pub, rss);
     if (pi->busy >= 0)
-        printf("  machine      %.2f of %.2f CPU s busy: softirq %.2f, other processes %.2f\n",
+        printf("  machine      %.2f of %.2f CPU s busy (softirq %.2f); other processes %.2f\n",
                pi->busy, pi->wall * (double)sysconf(_SC_NPROCESSORS_ONLN), pi->softirq,
                others);
 

@@ -806,6 +806,8 @@ static void read_all(lg_conn_t *c)
 void lg_net_poll(uint64_t timeout_us)
 {
     struct epoll_event evs[512];
+    if (L.busy_poll)
+        timeout_us = 0;
     struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
     int n = epoll_pwait2(L.ep, evs, 512, &ts, NULL);
     L.ph.polls++;
