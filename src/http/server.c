@@ -4,6 +4,7 @@
 
 #include "config/config.h"
 #include "auth/auth.h"
+#include "auth/limits.h"
 #include "http/http.h"
 
 typedef struct {
@@ -93,6 +94,13 @@ void sb_http_accept(sb_conn_t *c)
     c->proto = h;
     c->ops = &http_ops;
     c->deadline_ms = c->loop->now_ms + sb_cfg.header_timeout_ms;
+    if (!sb_limits_conn_open(c)) {
+        /* Over --max-conns-per-ip: answer before reading a byte, so a flood from
+         * one address costs a write and a close, never a parse or a timeout. */
+        SB_STAT_ADD(c->loop, conns_refused, 1);
+        h->keep_alive = false;
+        sb_http_error(c, SB_ERR_TOO_MANY_CONNS);
+    }
 }
 
 bool sb_http_alive(sb_conn_t *c)
@@ -111,6 +119,7 @@ void sb_http_detach(sb_conn_t *c)
 
 static void http_on_close(sb_conn_t *c)
 {
+    sb_limits_conn_closed(c);
     free(c->proto);
     c->proto = NULL;
 }
@@ -164,6 +173,7 @@ void sb_http_error_msg(sb_conn_t *c, sb_err_t err, const char *message)
 {
     const sb_err_info_t *e = sb_err_info(err);
     http_t *h = c->ops == &http_ops ? c->proto : NULL;
+    sb_limits_count_error(err);
     /* After these the input framing is unknown or unread: the connection ends. */
     if (h && (e->http_status == 400 || e->http_status == 408 || e->http_status == 413 ||
               e->http_status == 414 || e->http_status == 431 || e->http_status == 411 ||
@@ -425,6 +435,14 @@ bool sb_http_authorize(const sb_http_req_t *req, const sb_str_t *names, size_t n
             *why = SB_ERR_FORBIDDEN;
             return false;
         }
+    /* A user id or info that does not fit is refused, never cut: two users
+     * whose ids differ only past the cut would become one. */
+    if ((user_cap && t.sub && strlen(t.sub) >= user_cap) ||
+        (info_cap && t.info_json && strlen(t.info_json) >= info_cap)) {
+        sb_token_free(&t);
+        *why = SB_ERR_UNAUTHORIZED;
+        return false;
+    }
     if (t.sub && user_cap) snprintf(user, user_cap, "%s", t.sub);
     if (t.info_json && info_cap) snprintf(info, info_cap, "%s", t.info_json);
     sb_token_free(&t);
