@@ -89,15 +89,20 @@ SERVER_PIDS=""
 
 wait_port() {
   for _ in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    port_busy "$1" && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || return 1
     sleep 0.1
   done
   return 1
 }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 start_server() { # start_server TARGET; sets PORT, SERVER_PID, SERVER_PIDS
+  # A fresh port for every server, skipping any that something else listens on (another
+  # engineer's server would otherwise answer for ours).
   PORT=$((PORT + 1))
+  while port_busy "$PORT"; do PORT=$((PORT + 1)); done
   local log=$WORK/$1-$PORT.log
   case $1 in
     switchboard)
