@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libuv1-dev libcjson-dev zlib1g-dev libssl-dev libcurl4-openssl-dev
-      libhiredis-dev libsqlite3-dev nodejs npm)
+      libhiredis-dev libsqlite3-dev)
+# Node may come from elsewhere than Debian (nodesource, nvm): a working command
+# is enough, and installing Debian's npm over it would conflict.
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 # Only the test and bench targets need these.
 if [ "${1:-}" != "--runtime-only" ]; then
   pkgs+=(redis-server chromium)

@@ -176,7 +176,7 @@ bool sb_ws_deflate_negotiate(sb_str_t offer_header, sb_ws_deflate_params_t *out,
          * requests are granted as they came. */
         int sbits = o.server_bits > 0 ? o.server_bits : 15;
         int cbits = o.client_bits > 0 ? o.client_bits : 15;
-        char sb[32] = "", cb[32] = "";
+        char sb[48] = "", cb[48] = ""; /* room for any int, to keep -Wformat-truncation quiet */
         if (o.server_bits > 0) snprintf(sb, sizeof(sb), "; server_max_window_bits=%d", sbits);
         if (o.client_bits > 0) snprintf(cb, sizeof(cb), "; client_max_window_bits=%d", cbits);
         int n = snprintf(resp, resp_cap, "permessage-deflate; server_no_context_takeover%s%s%s",
