@@ -697,6 +697,25 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     feed(c, buf->base, (size_t)nread);
 }
 
+/* A zeroed connection with its handle initialized and linked into the loop. */
+static sb_conn_t *conn_alloc(sb_loop_t *loop)
+{
+    sb_conn_t *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->loop = loop;
+    c->id = atomic_fetch_add(&next_conn_id, 1);
+    c->q = c->qinline;
+    c->qcap = SB_OUT_INLINE;
+    c->created_ms = loop->now_ms;
+    uv_tcp_init(&loop->uv, &c->tcp);
+    c->tcp.data = c;
+    c->next = loop->conns;
+    if (loop->conns) loop->conns->prev = c;
+    loop->conns = c;
+    loop->nconns++;
+    return c;
+}
+
 static const char refused_503[] =
     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     "Connection: close\r\nRetry-After: 5\r\nContent-Length: 104\r\n\r\n"
@@ -713,19 +732,8 @@ static void on_connection(uv_stream_t *server, int status)
                            uv_err_name(status), (long long)atomic_load(&sb_net.conns_open));
         return;
     }
-    sb_conn_t *c = calloc(1, sizeof *c);
+    sb_conn_t *c = conn_alloc(loop);
     if (!c) return;
-    c->loop = loop;
-    c->id = atomic_fetch_add(&next_conn_id, 1);
-    c->q = c->qinline;
-    c->qcap = SB_OUT_INLINE;
-    c->created_ms = loop->now_ms;
-    uv_tcp_init(&loop->uv, &c->tcp);
-    c->tcp.data = c;
-    c->next = loop->conns;
-    if (loop->conns) loop->conns->prev = c;
-    loop->conns = c;
-    loop->nconns++;
     SB_STAT_ADD(loop, conns_accepted, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         c->flags |= SB_CONN_REFUSED;
@@ -777,19 +785,8 @@ static void on_connection(uv_stream_t *server, int status)
 
 sb_conn_t *sb_conn_new_detached(sb_loop_t *loop)
 {
-    sb_conn_t *c = calloc(1, sizeof *c);
+    sb_conn_t *c = conn_alloc(loop);
     if (!c) return NULL;
-    c->loop = loop;
-    c->id = atomic_fetch_add(&next_conn_id, 1);
-    c->q = c->qinline;
-    c->qcap = SB_OUT_INLINE;
-    c->created_ms = loop->now_ms;
-    uv_tcp_init(&loop->uv, &c->tcp);
-    c->tcp.data = c;
-    c->next = loop->conns;
-    if (loop->conns) loop->conns->prev = c;
-    loop->conns = c;
-    loop->nconns++;
     atomic_fetch_add(&sb_net.conns_open, 1);
     SB_STAT_ADD(loop, conns_open, 1);
     return c;
