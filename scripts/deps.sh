@@ -41,3 +41,22 @@ if [ "${1:-}" != "--runtime-only" ] && [ -f tests/package.json ]; then
     touch tests/node_modules
   fi
 fi
+
+# The JS SDK and React hooks (clients/js, clients/react): their devDependencies,
+# then tsc into dist/ whenever a source is newer than the build. The client
+# first: the React package's types come from its dist/.
+if [ "${1:-}" != "--runtime-only" ]; then
+  for pkg in clients/js clients/react; do
+    [ -f "$pkg/package.json" ] || continue
+    if [ ! -d "$pkg/node_modules" ] || [ "$pkg/package.json" -nt "$pkg/node_modules" ]; then
+      echo "deps: npm install in $pkg/"
+      (cd "$pkg" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+      touch "$pkg/node_modules"
+    fi
+    if [ ! -f "$pkg/dist/index.js" ] ||
+       [ -n "$(find "$pkg/src" "$pkg/tsconfig.json" "$pkg/package.json" -newer "$pkg/dist/index.js" -print -quit)" ]; then
+      echo "deps: building $pkg"
+      (cd "$pkg" && npm run --silent build)
+    fi
+  done
+fi
