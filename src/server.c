@@ -15,6 +15,7 @@ int sb_server_init(void)
     uint64_t start = (uint64_t)sb_now_ms() * 1000;
     sb_broker_init(start, start);
     sb_http_api_init();
+    sb_console_init();
     sb_sse_init();
     sb_ws_init();
     return 0;

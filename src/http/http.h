@@ -76,5 +76,8 @@ const char *sb_http_reason(int status);
 
 /* Registers the REST API of channels (publish, history, info, health, metrics). */
 void sb_http_api_init(void);
+/* Registers the built-in console page at GET / (src/http/console.c); any other path
+ * nothing else claims stays a 404. Call once before serving. */
+void sb_console_init(void);
 
 #endif
