@@ -167,18 +167,27 @@ export class SseTransport implements Transport {
     });
   }
 
+  /** Fires exactly two heartbeat intervals after the last bytes received. */
   private startWatchdog(): void {
-    if (this.watchdog) clearInterval(this.watchdog);
+    if (this.watchdog) clearTimeout(this.watchdog);
+    this.watchdog = null;
     const hb = this.ctx.sseHeartbeatMs;
     if (!(hb > 0)) return;
-    this.watchdog = setInterval(() => {
-      if (Date.now() - this.lastRx >= 2 * hb) this.fail('heartbeat_timeout');
-    }, Math.max(25, Math.floor(hb / 4)));
+    const gen = this.gen;
+    this.watchdog = setTimeout(
+      () => {
+        this.watchdog = null;
+        if (gen !== this.gen || this.closed) return;
+        if (Date.now() - this.lastRx >= 2 * hb) this.fail('heartbeat_timeout');
+        else this.startWatchdog();
+      },
+      Math.max(0, this.lastRx + 2 * hb - Date.now()),
+    );
   }
 
   private stopStream(): void {
     this.gen++;
-    if (this.watchdog) clearInterval(this.watchdog);
+    if (this.watchdog) clearTimeout(this.watchdog);
     this.watchdog = null;
     this.ac?.abort();
     this.ac = null;

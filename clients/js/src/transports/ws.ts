@@ -44,8 +44,8 @@ export class WsTransport implements Transport {
   private readonly pending = new Map<number, Pending>();
   private readonly subs = new Set<string>();
   private hbTimer: Timer | null = null;
+  private wdTimer: Timer | null = null;
   private lastRx = 0;
-  private lastPing = 0;
   private opened = false;
   private closed = false;
 
@@ -78,7 +78,7 @@ export class WsTransport implements Transport {
         clearTimeout(timer);
         if (this.closed) return;
         this.opened = true;
-        this.lastRx = this.lastPing = Date.now();
+        this.lastRx = Date.now();
         this.startHeartbeat();
         for (const ch of channels) this.subscribe(ch);
         resolve();
@@ -225,29 +225,39 @@ export class WsTransport implements Transport {
     const hb = this.ctx.heartbeatMs;
     if (!(hb > 0)) return;
     this.hbTimer = setInterval(() => {
-      const now = Date.now();
-      if (now - this.lastRx >= 2 * hb) {
+      this.request({ op: 'ping' }).catch(() => undefined);
+    }, hb);
+    this.armWatchdog();
+  }
+
+  /** Fires exactly two heartbeat intervals after the last frame received, not a check tick later. */
+  private armWatchdog(): void {
+    const hb = this.ctx.heartbeatMs;
+    this.wdTimer = setTimeout(
+      () => {
+        this.wdTimer = null;
+        if (this.closed || !this.opened) return;
+        if (Date.now() - this.lastRx < 2 * hb) {
+          this.armWatchdog();
+          return;
+        }
         this.kill();
         this.teardown('heartbeat_timeout');
-        if (!this.closed) {
-          this.closed = true;
-          this.h.close('heartbeat_timeout');
-        }
-        return;
-      }
-      if (now - this.lastPing >= hb) {
-        this.lastPing = now;
-        this.request({ op: 'ping' }).catch(() => undefined);
-      }
-    }, Math.max(25, Math.floor(hb / 4)));
+        this.closed = true;
+        this.h.close('heartbeat_timeout');
+      },
+      Math.max(0, this.lastRx + 2 * hb - Date.now()),
+    );
   }
 
   /** Drops the socket at once: a dead peer would never finish a closing handshake. */
   private kill(): void {
     const ws = this.ws;
     if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onerror = null;
+    ws.onopen = ws.onmessage = null;
     ws.onclose = null;
+    // Closing a socket that is still connecting reports an error; nobody is listening any more.
+    ws.onerror = () => undefined;
     try {
       if (typeof ws.terminate === 'function') ws.terminate();
       else ws.close(4000, 'client closing');
@@ -258,7 +268,8 @@ export class WsTransport implements Transport {
 
   private teardown(reason: string): void {
     if (this.hbTimer) clearInterval(this.hbTimer);
-    this.hbTimer = null;
+    if (this.wdTimer) clearTimeout(this.wdTimer);
+    this.hbTimer = this.wdTimer = null;
     const err = new SwitchboardError('connection_lost', `Connection lost (${reason}).`, true);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
