@@ -4,6 +4,7 @@
 #include "channels/channels.h"
 #include "config/config.h"
 #include "http/http.h"
+#include "presence/presence.h"
 #include "sse/sse.h"
 #include "ws/ws.h"
 
@@ -18,6 +19,7 @@ int sb_server_init(void)
     sb_console_init();
     sb_sse_init();
     sb_ws_init();
+    sb_presence_init();
     return 0;
 }
 

@@ -12,11 +12,16 @@ typedef struct {
     int64_t last_write_ms;
     int64_t expires_ms;
     bool envelope;
+    bool presence;        /* ?presence=1 */
+    void *presence_state; /* the presence hooks' */
     uint32_t nsubs;
     sb_sub_t subs[];
 } sse_t;
 
 static sb_frame_t *hb_frame; /* ": hb\n\n", shared by every stream */
+static sb_sse_presence_hooks_t presence_hooks;
+
+void sb_sse_set_presence_hooks(const sb_sse_presence_hooks_t *h) { presence_hooks = *h; }
 
 void sb_sse_format(sb_buf_t *b, const char *id, const char *event, const char *data, size_t len)
 {
@@ -131,6 +136,7 @@ static void sse_on_shutdown(sb_conn_t *c)
 static void sse_on_close(sb_conn_t *c)
 {
     sse_t *st = c->proto;
+    if (st->presence && presence_hooks.close) presence_hooks.close(c, &st->presence_state);
     for (uint32_t i = 0; i < st->nsubs; i++) sb_broker_unsubscribe(&st->subs[i]);
     SB_STAT_ADD(c->loop, sse_streams, -1);
     free(st);
@@ -154,7 +160,7 @@ static int handle_sse(sb_conn_t *c, sb_http_ctx_t *x)
     char names_buf[MAX_SSE_CHANNELS][132];
     sb_str_t names[MAX_SSE_CHANNELS];
     size_t n = 0;
-    bool envelope = false;
+    bool envelope = false, presence = false;
     sb_since_t since = {0};
     sb_str_t q = req->query, k, v;
     while (sb_http_query_next(&q, &k, &v)) {
@@ -178,6 +184,8 @@ static int handle_sse(sb_conn_t *c, sb_http_ctx_t *x)
             }
         } else if (sb_str_eq(k, "envelope")) {
             envelope = sb_str_eq(v, "1") || sb_str_eq(v, "true");
+        } else if (sb_str_eq(k, "presence")) {
+            presence = sb_str_eq(v, "1") || sb_str_eq(v, "true");
         } else if (sb_str_eq(k, "since")) {
             char cur[32];
             int len = sb_http_pct_decode(v, cur, sizeof cur, true);
@@ -213,6 +221,7 @@ static int handle_sse(sb_conn_t *c, sb_http_ctx_t *x)
     }
     st->c = c;
     st->envelope = envelope;
+    st->presence = presence;
     st->nsubs = (uint32_t)n;
     st->last_write_ms = c->loop->now_ms;
     if (sb_cfg.sse_max_lifetime_ms > 0) st->expires_ms = c->loop->now_ms + sb_cfg.sse_max_lifetime_ms;
@@ -256,6 +265,8 @@ static int handle_sse(sb_conn_t *c, sb_http_ctx_t *x)
         sb_buf_free(&o);
         st->nsubs = 0;
         sb_conn_end(c);
+    } else if (presence && presence_hooks.open) {
+        presence_hooks.open(c, &st->presence_state, names, n, user, info);
     }
     return SB_HTTP_TAKEN;
 }

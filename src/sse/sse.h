@@ -16,4 +16,16 @@ void sb_sse_init(void);
  * other layers (AI streams). */
 void sb_sse_format(sb_buf_t *b, const char *id, const char *event, const char *data, size_t len);
 
+/* Presence on streams that ask for it (?presence=1), installed by the
+ * presence layer before serving. open runs on the stream's loop once its
+ * channels are subscribed: names[0..n) are borrowed until return, user and
+ * info are the token's sub and info JSON ("" without them), and *slot is the
+ * stream's pointer for the hook's state. close runs when the stream closes. */
+typedef struct {
+    void (*open)(sb_conn_t *c, void **slot, const sb_str_t *names, size_t n, const char *user,
+                 const char *info);
+    void (*close)(sb_conn_t *c, void **slot);
+} sb_sse_presence_hooks_t;
+void sb_sse_set_presence_hooks(const sb_sse_presence_hooks_t *hooks);
+
 #endif

@@ -95,6 +95,8 @@ static bool token_allows(sb_ws_t *ws, sb_str_t channel, bool publish)
     return publish ? sb_auth_can_publish(&ws->tok, channel) : sb_auth_can_subscribe(&ws->tok, channel);
 }
 
+bool sb_ws_may_subscribe(sb_ws_t *ws, sb_str_t channel) { return token_allows(ws, channel, false); }
+
 /* ---- sending ---- */
 void sb_ws_send_frame(sb_ws_t *ws, sb_frame_t *f)
 {
@@ -109,6 +111,13 @@ void sb_ws_send_text(sb_ws_t *ws, const char *json, size_t len)
 {
     sb_ws_send_frame(ws, sb_ws_frame_build(SB_WS_OP_TEXT, false, json, len));
 }
+
+sb_frame_t *sb_ws_text_frame(const char *p, size_t len)
+{
+    return sb_ws_frame_build(SB_WS_OP_TEXT, false, p, len);
+}
+
+void sb_ws_ping(sb_ws_t *ws) { sb_ws_send_frame(ws, sb_ws_frame_build(SB_WS_OP_PING, false, "sb", 2)); }
 
 static void append_ref(sb_buf_t *b, const cJSON *ref)
 {

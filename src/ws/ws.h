@@ -51,5 +51,14 @@ typedef struct {
 void sb_ws_set_hooks(const sb_ws_hooks_t *hooks);
 /* Per-connection slot for the presence layer. */
 void **sb_ws_presence_slot(sb_ws_t *ws);
+/* Sends a ping frame (the pong, like every frame received, reaches the alive
+ * hook). Nothing after the close frame. Loop thread of ws. */
+void sb_ws_ping(sb_ws_t *ws);
+/* Returns a new unmasked, uncompressed text frame of p[0..len), to share
+ * between receivers with sb_conn_send; NULL on OOM. Any thread. */
+sb_frame_t *sb_ws_text_frame(const char *p, size_t len);
+/* True when the connection's token allows subscribing to channel (always in
+ * development mode). Loop thread of ws. */
+bool sb_ws_may_subscribe(sb_ws_t *ws, sb_str_t channel);
 
 #endif
