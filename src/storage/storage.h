@@ -30,7 +30,8 @@ typedef struct sb_store sb_store_t;
 /* When an append's completion callback fires, relative to the disk. */
 typedef enum {
     SB_FSYNC_ALWAYS, /* after fdatasync of the record; never waits to gather others */
-    SB_FSYNC_BATCH,  /* group commit: one write + one fdatasync per batch window */
+    SB_FSYNC_BATCH,  /* group commit: gathers appends while they keep coming (at most
+                      * batch_window_us), then one write + one fdatasync for all */
     SB_FSYNC_OFF,    /* after write(2); the OS flushes when it likes */
 } sb_fsync_mode_t;
 
@@ -38,13 +39,16 @@ typedef enum {
 typedef struct {
     const char *dir;          /* created if missing (with parents); borrowed until open returns */
     sb_fsync_mode_t fsync;
-    uint32_t batch_window_us; /* BATCH: group commits within this window (default 5000) */
+    uint32_t batch_window_us; /* BATCH: longest wait to gather a group commit (default 5000) */
+    uint32_t batch_quiet_us;  /* BATCH: close the group early after this long with no new
+                               * append (default 100); see docs/storage.md */
     uint64_t segment_bytes;   /* roll to a new segment past this (default 64 MiB) */
     uint64_t retain_bytes;    /* delete oldest whole segments past this total; 0 = no cap */
     int64_t retain_ms;        /* delete segments whose newest record is older; 0 = no cap */
 } sb_store_opts_t;
 
 #define SB_STORE_BATCH_WINDOW_US_DEFAULT 5000u
+#define SB_STORE_BATCH_QUIET_US_DEFAULT 100u
 #define SB_STORE_SEGMENT_BYTES_DEFAULT (64ull << 20)
 
 /* One record. In a record handed to a callback the slices point into the
@@ -137,6 +141,28 @@ int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb,
  * thread; blocks on disk (one or two fsyncs), so call it once per large block
  * of seqs. */
 int sb_store_reserve(sb_store_t *s, uint64_t upto);
+
+/* Asks the store thread to extend the reservation to upto (as sb_store_reserve)
+ * between two batches, so that the caller never waits for the disk. Repeated
+ * requests merge into the largest. The outcome shows in sb_store_reserved(); a
+ * failed attempt is logged and forgotten, so the caller asks again later. Never
+ * blocks on disk; any thread. */
+void sb_store_reserve_async(sb_store_t *s, uint64_t upto);
+
+/* The durable reservation: seqs up to it may be handed out. One atomic load;
+ * any thread. */
+uint64_t sb_store_reserved(sb_store_t *s);
+
+/* The first seq this directory ever handed out, so that a cursor older than
+ * the directory itself can be told apart from one whose records retention
+ * deleted. Stored in origin.meta (written atomically like the reservation).
+ * A directory without one takes `fresh` when it holds no records and no
+ * reservation, and otherwise its oldest retained record (or next_seq when it
+ * holds none), which is the best that can still be known; a damaged file is
+ * logged and treated as missing. Returns 0 with *out set, or a negative errno
+ * when the file cannot be read or written. Any thread; blocks on disk. Meant
+ * for startup. */
+int sb_store_origin(sb_store_t *s, uint64_t fresh, uint64_t *out);
 
 /* Fills *out with a snapshot of the counters. Any thread; never blocks on disk. */
 void sb_store_info(sb_store_t *s, sb_store_info_t *out);

@@ -34,6 +34,12 @@ static const char seg_magic[8] = {'S', 'B', 'S', 'E', 'G', 'L', 'O', 'G'};
 #define RES_LEN 20u
 static const char res_magic[8] = {'S', 'B', 'R', 'E', 'S', 'V', '0', '1'};
 
+/* Origin file: "SBORIG01" | u64 first seq ever handed out | u32 CRC32, the same
+ * layout as the reservation. */
+#define ORIGIN_FILE "origin.meta"
+#define ORIGIN_TMP "origin.meta.tmp"
+static const char origin_magic[8] = {'S', 'B', 'O', 'R', 'I', 'G', '0', '1'};
+
 #define LOCK_FILE "LOCK"
 
 /* An index entry every 64 records or 64 KiB, whichever comes first, so a read
@@ -99,6 +105,8 @@ struct sb_store {
     uint32_t q_count;
     size_t q_bytes;
     uint64_t q_last_seq; /* newest seq accepted (or recovered) */
+    uint64_t q_last_enq_us; /* when the newest append was queued (BATCH's quiet rule) */
+    uint64_t res_want;      /* a reservation sb_store_reserve_async() asked for, 0 = none */
     bool closing;
     atomic_bool broken;
 
@@ -110,6 +118,7 @@ struct sb_store {
 
     /* Store thread only. */
     seg_t *active; /* where appends go; NULL until the first append creates one */
+    uint64_t sync_avg_us; /* moving average of fdatasync latency */
     struct iovec *iov;
     size_t iov_cap;
 
@@ -406,7 +415,7 @@ static long rd_next(rd_t *r, uint64_t pos, sb_store_rec_t *rec, const char **why
         }
         size_t want = r->cap - r->have;
         if (want > r->end - (r->boff + r->have)) want = (size_t)(r->end - (r->boff + r->have));
-        size_t got;
+        size_t got = 0;
         int rc = full_pread(r->fd, r->buf + r->have, want, r->boff + r->have, &got);
         if (rc < 0) return rc;
         r->nread += got;
@@ -592,25 +601,58 @@ static int recover_segments(sb_store_t *s)
     return rc;
 }
 
-static int read_reservation(sb_store_t *s)
+/* Reads a small meta file (magic | u64 | CRC32). Returns 0 with *v set, 1 when
+ * the file is missing or damaged (damage is logged), or a negative errno. */
+static int read_meta(sb_store_t *s, const char *name, const char magic[8], uint64_t *v)
 {
-    int fd = openat(s->dirfd, RES_FILE, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? 0 : -errno;
+    int fd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 1 : -errno;
     uint8_t b[RES_LEN];
     size_t got = 0;
     int rc = full_pread(fd, b, RES_LEN, 0, &got);
     close(fd);
     if (rc < 0) return rc;
-    if (got != RES_LEN || memcmp(b, res_magic, 8) != 0 ||
+    if (got != RES_LEN || memcmp(b, magic, 8) != 0 ||
         get32(b + 16) != (uint32_t)crc32(0L, b, 16)) {
-        /* The file is replaced by rename, so only media damage gets here. The
-         * records still bound next_seq from below; say loudly that ids handed
-         * out but never stored before the crash might come round again. */
-        sb_error("storage: seq reservation file is corrupt; ignoring it",
-                 "file=%s/%s bytes=%zu", s->dir, RES_FILE, got);
-        return 0;
+        /* The file is replaced by rename, so only media damage gets here. */
+        sb_error("storage: meta file is corrupt; ignoring it", "file=%s/%s bytes=%zu", s->dir,
+                 name, got);
+        return 1;
     }
-    atomic_store(&s->reserved, get64(b + 8));
+    *v = get64(b + 8);
+    return 0;
+}
+
+/* Replaces a small meta file atomically: write the temp file, fsync it, rename
+ * it over the old one, fsync the directory. Returns 0 or a negative errno (the
+ * old file then stands). */
+static int write_meta(sb_store_t *s, const char *tmp, const char *name, const char magic[8],
+                      uint64_t v)
+{
+    uint8_t b[RES_LEN];
+    memcpy(b, magic, 8);
+    put64(b + 8, v);
+    put32(b + 16, (uint32_t)crc32(0L, b, 16));
+    int rc = 0;
+    int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) rc = -errno;
+    if (rc == 0) rc = full_write(fd, b, RES_LEN);
+    if (rc == 0 && fsync(fd) < 0) rc = -errno;
+    if (fd >= 0) close(fd);
+    if (rc == 0 && renameat(s->dirfd, tmp, s->dirfd, name) < 0) rc = -errno;
+    if (rc == 0) rc = sync_dir(s);
+    return rc;
+}
+
+static int read_reservation(sb_store_t *s)
+{
+    /* A damaged reservation is ignored: the records still bound next_seq from
+     * below, and the error log says that ids handed out but never stored
+     * before the crash might come round again. */
+    uint64_t v = 0;
+    int rc = read_meta(s, RES_FILE, res_magic, &v);
+    if (rc < 0) return rc;
+    if (rc == 0) atomic_store(&s->reserved, v);
     return 0;
 }
 
@@ -665,6 +707,9 @@ static int timed_sync(sb_store_t *s, int fd)
     uint64_t t0 = sb_mono_us();
     int rc = s->io.fdatasync(fd) < 0 ? -errno : 0;
     uint64_t dt = sb_mono_us() - t0;
+    /* A smoothed fsync time for BATCH's group span; one slow sync (a
+     * journal commit, a neighbour's burst) moves it by an eighth. */
+    s->sync_avg_us = s->sync_avg_us ? (7 * s->sync_avg_us + dt) / 8 : dt;
     atomic_fetch_add(&s->fsyncs, 1);
     atomic_store(&s->last_fsync_us, dt);
     stat_max(&s->max_fsync_us, dt);
@@ -831,6 +876,16 @@ static void *store_main(void *arg)
     sb_store_t *s = arg;
     pthread_mutex_lock(&s->q_mu);
     for (;;) {
+        if (s->res_want > atomic_load(&s->reserved)) {
+            /* An asynchronous reservation goes before the next batch: the
+             * broker asked for it well before it runs out of ids. */
+            uint64_t want = s->res_want;
+            s->res_want = 0;
+            pthread_mutex_unlock(&s->q_mu);
+            sb_store_reserve(s, want);
+            pthread_mutex_lock(&s->q_mu);
+            continue;
+        }
         if (!s->q_head) {
             if (s->closing) break;
             if (s->o.retain_ms) {
@@ -846,12 +901,25 @@ static void *store_main(void *arg)
             continue;
         }
         if (s->o.fsync == SB_FSYNC_BATCH) {
-            /* Group commit: hold the batch open until the window that started
-             * with its oldest record closes, so one fdatasync covers them all. */
-            uint64_t deadline = s->q_head->enq_us + s->o.batch_window_us;
-            while (!s->closing && s->q_count < BATCH_MAX_RECORDS && s->q_bytes < BATCH_MAX_BYTES &&
-                   sb_mono_us() < deadline) {
-                struct timespec ts = mono_deadline(deadline);
+            /* Group commit: hold the group open while appends keep coming, so
+             * that one fdatasync covers them all. Close it as soon as no
+             * append has arrived for batch_quiet_us: the publishers are then
+             * waiting for this group's acknowledgements, and waiting longer
+             * only adds latency (a fixed window caps a closed loop at one
+             * round per window). While appends keep coming, close it once its
+             * oldest record has waited about one fsync (never more than the
+             * window): from then on the next group gathers during this
+             * group's fsync, so disk and CPU overlap as in ALWAYS. The
+             * reasons and measurements are in docs/storage.md. */
+            uint64_t span = s->sync_avg_us > s->o.batch_quiet_us ? s->sync_avg_us
+                                                                  : s->o.batch_quiet_us;
+            if (span > s->o.batch_window_us) span = s->o.batch_window_us;
+            uint64_t deadline = s->q_head->enq_us + span;
+            while (!s->closing && s->q_count < BATCH_MAX_RECORDS && s->q_bytes < BATCH_MAX_BYTES) {
+                uint64_t until = s->q_last_enq_us + s->o.batch_quiet_us;
+                if (until > deadline) until = deadline;
+                if (sb_mono_us() >= until) break;
+                struct timespec ts = mono_deadline(until);
                 pthread_cond_timedwait(&s->q_cv, &s->q_mu, &ts);
             }
         }
@@ -901,6 +969,7 @@ int sb_store_open(const sb_store_opts_t *o, sb_store_t **out)
     s->dirfd = s->lockfd = -1;
     s->io = test_io_set ? test_io : real_io;
     if (!s->o.batch_window_us) s->o.batch_window_us = SB_STORE_BATCH_WINDOW_US_DEFAULT;
+    if (!s->o.batch_quiet_us) s->o.batch_quiet_us = SB_STORE_BATCH_QUIET_US_DEFAULT;
     if (!s->o.segment_bytes) s->o.segment_bytes = SB_STORE_SEGMENT_BYTES_DEFAULT;
     /* Retention deletes whole segments and never the active one, so a segment
      * larger than half the cap could keep the total over it. */
@@ -929,6 +998,7 @@ int sb_store_open(const sb_store_opts_t *o, sb_store_t **out)
     /* A temp file left by a crash in the middle of sb_store_reserve() is
      * garbage: the rename is what commits a reservation. */
     if (unlinkat(s->dirfd, RES_TMP, 0) < 0 && errno != ENOENT) goto fail_errno;
+    if (unlinkat(s->dirfd, ORIGIN_TMP, 0) < 0 && errno != ENOENT) goto fail_errno;
     if ((rc = read_reservation(s)) < 0) goto fail;
     if ((rc = recover_segments(s)) < 0) goto fail;
     apply_retention(s);
@@ -974,6 +1044,7 @@ int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb,
         rc = UV_EINVAL;
     } else {
         s->q_last_seq = r->seq;
+        s->q_last_enq_us = n->enq_us;
         if (s->q_tail) s->q_tail->next = n;
         else s->q_head = n;
         s->q_tail = n;
@@ -1104,17 +1175,7 @@ int sb_store_reserve(sb_store_t *s, uint64_t upto)
     pthread_mutex_lock(&s->res_mu);
     int rc = 0;
     if (upto > atomic_load(&s->reserved)) {
-        uint8_t b[RES_LEN];
-        memcpy(b, res_magic, 8);
-        put64(b + 8, upto);
-        put32(b + 16, (uint32_t)crc32(0L, b, 16));
-        int fd = openat(s->dirfd, RES_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0) rc = -errno;
-        if (rc == 0) rc = full_write(fd, b, RES_LEN);
-        if (rc == 0 && fsync(fd) < 0) rc = -errno;
-        if (fd >= 0) close(fd);
-        if (rc == 0 && renameat(s->dirfd, RES_TMP, s->dirfd, RES_FILE) < 0) rc = -errno;
-        if (rc == 0) rc = sync_dir(s);
+        rc = write_meta(s, RES_TMP, RES_FILE, res_magic, upto);
         char eb[32];
         if (rc == 0) atomic_store(&s->reserved, upto);
         else
@@ -1123,6 +1184,43 @@ int sb_store_reserve(sb_store_t *s, uint64_t upto)
     }
     pthread_mutex_unlock(&s->res_mu);
     return rc;
+}
+
+void sb_store_reserve_async(sb_store_t *s, uint64_t upto)
+{
+    if (upto <= atomic_load(&s->reserved)) return;
+    pthread_mutex_lock(&s->q_mu);
+    if (upto > s->res_want) s->res_want = upto;
+    pthread_mutex_unlock(&s->q_mu);
+    /* Rare (once per block of seqs), so always wake the thread: it may be
+     * asleep on an empty queue. */
+    pthread_cond_signal(&s->q_cv);
+}
+
+uint64_t sb_store_reserved(sb_store_t *s) { return atomic_load(&s->reserved); }
+
+int sb_store_origin(sb_store_t *s, uint64_t fresh, uint64_t *out)
+{
+    uint64_t v = 0;
+    int rc = read_meta(s, ORIGIN_FILE, origin_magic, &v);
+    if (rc < 0) return rc;
+    if (rc == 0 && v > 0) {
+        *out = v;
+        return 0;
+    }
+    sb_store_info_t in;
+    sb_store_info(s, &in);
+    if (in.first_seq) v = in.first_seq;
+    else if (in.reserved_upto) v = in.next_seq;
+    else v = fresh ? fresh : 1;
+    if ((rc = write_meta(s, ORIGIN_TMP, ORIGIN_FILE, origin_magic, v)) < 0) {
+        char eb[32];
+        sb_error("storage: could not record the directory's first seq", "dir=%s err=%s", s->dir,
+                 ename(rc, eb));
+        return rc;
+    }
+    *out = v;
+    return 0;
 }
 
 void sb_store_info(sb_store_t *s, sb_store_info_t *out)
@@ -1163,5 +1261,9 @@ void sb_store_close(sb_store_t *s)
     pthread_mutex_unlock(&s->q_mu);
     pthread_cond_signal(&s->q_cv);
     pthread_join(s->thread, NULL);
+    sb_info("storage: closed", "dir=%s appends=%llu failed=%llu fsyncs=%llu max_fsync_us=%llu",
+            s->dir, (unsigned long long)atomic_load(&s->appends),
+            (unsigned long long)atomic_load(&s->failed), (unsigned long long)atomic_load(&s->fsyncs),
+            (unsigned long long)atomic_load(&s->max_fsync_us));
     store_free(s);
 }

@@ -998,6 +998,7 @@ static void test_modes(void)
         if (modes[m] == SB_FSYNC_BATCH) {
             sb_store_close(s);
             o.batch_window_us = 1000 * 1000;
+            o.batch_quiet_us = 1000 * 1000; /* the window alone decides, whatever the timing */
             o.segment_bytes = 0;
             CHECK_EQ_INT(sb_store_open(&o, &s), 0);
             if (!s) return;
@@ -1024,7 +1025,10 @@ static void test_modes(void)
 static void test_close_drains(void)
 {
     char *dir = tu_tmpdir();
-    sb_store_opts_t o = {.dir = dir, .fsync = SB_FSYNC_BATCH, .batch_window_us = 10 * 1000 * 1000};
+    sb_store_opts_t o = {.dir = dir,
+                         .fsync = SB_FSYNC_BATCH,
+                         .batch_window_us = 10 * 1000 * 1000,
+                         .batch_quiet_us = 10 * 1000 * 1000};
     sb_store_t *s = NULL;
     CHECK_EQ_INT(sb_store_open(&o, &s), 0);
     if (!s) return;
@@ -1103,6 +1107,93 @@ static void test_reservation(void)
     if (!s) return;
     sb_store_info(s, &in);
     CHECK_EQ_INT(in.next_seq, 100501);
+    sb_store_close(s);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- BATCH closes early when appends stop ---- */
+
+static void test_batch_quiet(void)
+{
+    char *dir = tu_tmpdir();
+    /* A 10 s window: only the quiet rule can answer within the wait below. */
+    sb_store_opts_t o = {.dir = dir, .fsync = SB_FSYNC_BATCH, .batch_window_us = 10 * 1000 * 1000};
+    sb_store_t *s = NULL;
+    CHECK_EQ_INT(sb_store_open(&o, &s), 0);
+    if (!s) return;
+    tu_reset();
+    uint64_t t0 = sb_mono_us();
+    CHECK_EQ_INT(tu_append(s, 1), 0);
+    tu_wait(1);
+    CHECK(sb_mono_us() - t0 < 5 * 1000 * 1000);
+    sb_store_info_t in;
+    sb_store_info(s, &in);
+    CHECK_EQ_INT(in.last_seq, 1);
+    CHECK(in.fsyncs >= 1);
+    /* A burst shares fsyncs: far fewer than one per record. */
+    uint64_t f0 = in.fsyncs;
+    for (uint64_t q = 2; q <= 201; q++) tu_append(s, q);
+    tu_wait(201);
+    sb_store_info(s, &in);
+    CHECK(in.fsyncs - f0 >= 1 && in.fsyncs - f0 < 200);
+    bool ok = true;
+    for (size_t i = 0; i < tu_n; i++) ok = ok && tu_seqs[i] == i + 1 && tu_status[i] == 0;
+    CHECK(ok);
+    sb_store_close(s);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- asynchronous reservation and the directory's origin ---- */
+
+static void test_reserve_async_and_origin(void)
+{
+    char *dir = tu_tmpdir();
+    sb_store_t *s = tu_open(dir, SB_FSYNC_BATCH, 0);
+    if (!s) return;
+    CHECK(sb_store_reserved(s) == 0);
+    sb_store_reserve_async(s, 5000);
+    sb_store_reserve_async(s, 3000); /* merged into the larger */
+    for (int i = 0; i < 5000 && sb_store_reserved(s) < 5000; i++) usleep(1000);
+    CHECK(sb_store_reserved(s) == 5000);
+    sb_store_reserve_async(s, 10); /* below: nothing to do */
+    uint64_t origin = 0;
+    CHECK_EQ_INT(sb_store_origin(s, 777, &origin), 0);
+    CHECK(origin == 5001); /* a reservation but no records: next_seq */
+    CHECK_EQ_INT(sb_store_origin(s, 999, &origin), 0);
+    CHECK(origin == 5001); /* written once, then read back */
+    sb_store_close(s);
+    s = tu_open(dir, SB_FSYNC_BATCH, 0);
+    if (!s) return;
+    CHECK(sb_store_reserved(s) == 5000);
+    CHECK_EQ_INT(sb_store_origin(s, 999, &origin), 0);
+    CHECK(origin == 5001);
+    sb_store_close(s);
+    tu_rmrf(dir);
+    free(dir);
+
+    /* Fresh: the caller's value. With records but no origin file (a damaged
+     * one, or a directory from before the file existed): the oldest record. */
+    dir = tu_tmpdir();
+    s = tu_open(dir, SB_FSYNC_OFF, 0);
+    if (!s) return;
+    CHECK_EQ_INT(sb_store_origin(s, 4242, &origin), 0);
+    CHECK(origin == 4242);
+    CHECK_EQ_INT(tu_append_sync(s, 4300), 0);
+    sb_store_close(s);
+    char p[1100];
+    snprintf(p, sizeof p, "%s/origin.meta", dir);
+    size_t len;
+    uint8_t *b = tu_read_file(p, &len);
+    CHECK_EQ_INT(len, 20);
+    b[10] ^= 4;
+    tu_write_file(p, b, len);
+    free(b);
+    s = tu_open(dir, SB_FSYNC_OFF, 0);
+    if (!s) return;
+    CHECK_EQ_INT(sb_store_origin(s, 1, &origin), 0);
+    CHECK(origin == 4300);
     sb_store_close(s);
     tu_rmrf(dir);
     free(dir);
@@ -1261,6 +1352,8 @@ int main(void)
     test_modes();
     test_close_drains();
     test_reservation();
+    test_batch_quiet();
+    test_reserve_async_and_origin();
     test_failures();
     test_fsize_limit();
     sb_store_set_io_for_test(NULL);
