@@ -294,3 +294,12 @@ say "# 'lower' metrics: a ratio below 1 means Switchboard leads; 'higher' metric
 awk -v quick="$([ "$QUICK" = 1 ] && echo 1 || echo 0)" -f bench/summary.awk "$KV" | tee -a "$RESULT"
 say ""
 say "full output: $RESULT (key=value lines: $KV)"
+
+# ---- durable storage (issue 7): its own script and table ---------------------------------
+# Publish throughput and p99 with --fsync always|batch|off next to Redis XADD under
+# appendfsync always|everysec (bench/storage/run.sh; case name "storage").
+if wanted switchboard storage; then
+  say ""
+  BUILD_RELEASE=$BUILD BENCH_QUICK=$QUICK BENCH_WORKERS=$WORKERS STORAGE_PORT=$((PORT + 3)) \
+    bench/storage/run.sh 2>&1 | tee -a "$RESULT" || true
+fi
