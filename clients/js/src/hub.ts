@@ -102,6 +102,8 @@ export class Hub {
   private lastGoodAt = 0;
   private openedAt = 0;
   private connects = 0;
+  /** Why the next getToken call happens, when it is not a plain (re)connect. */
+  private tokenReason: TokenReason | null = null;
   private readonly offNetwork: (() => void)[] = [];
 
   constructor(private readonly cfg: HubConfig) {
@@ -204,6 +206,8 @@ export class Hub {
   /** Closes the current connection and connects again at once (token refresh, forced switch). */
   reconnectNow(reason: string): void {
     if (!this.running) return;
+    if (reason === 'token_expiring') this.tokenReason = 'expiring';
+    else if (reason === 'token_rejected') this.tokenReason = 'rejected';
     this.gen++;
     this.clearTimers();
     this.dropTransport();
@@ -245,7 +249,8 @@ export class Hub {
 
   private async getToken(): Promise<string | null> {
     if (!this.cfg.getToken) return null;
-    const reason: TokenReason = this.connects === 0 ? 'connect' : 'reconnect';
+    const reason: TokenReason = this.tokenReason ?? (this.connects === 0 ? 'connect' : 'reconnect');
+    this.tokenReason = null;
     const t = await this.cfg.getToken(reason);
     return t ?? null;
   }
@@ -287,7 +292,10 @@ export class Hub {
         const e = err as SwitchboardError;
         reason = e.code ?? 'connect_failed';
         // Auth failures are the same on every transport: get a fresh token and back off.
-        if (e.status === 401 || e.status === 403 || e.code === 'unauthorized') break;
+        if (e.status === 401 || e.status === 403 || e.code === 'unauthorized') {
+          this.tokenReason = 'rejected';
+          break;
+        }
         continue;
       }
       if (this.opening === t) this.opening = null;

@@ -123,6 +123,8 @@ export class SseTransport implements Transport {
       const parser = new SseParser({
         onEvent: (ev) => this.onEvent(ev),
         onIdOnly: (id) => {
+          // The stream's first block: its retry: is the general hint, not "come back later".
+          this.retryHint = undefined;
           for (const ch of channels) if (this.ctx.since(ch) === undefined) this.h.cursor(ch, id);
         },
         onRetry: (ms) => {
