@@ -58,7 +58,7 @@ for (const tr of ['ws', 'sse']) {
     const ms = detect.at - holeAt;
     t.diagnostic(`${tr}: silent drop detected after ${ms} ms (${detect.reason}), heartbeat ${HB} ms`);
     assert.equal(detect.reason, 'heartbeat_timeout');
-    assert.ok(ms <= 2 * HB + 150, `detected within 2 heartbeats (${ms} ms)`);
+    assert.ok(ms <= 2 * HB + 300, `detected within 2 heartbeats, give or take timer scheduling (${ms} ms)`);
     assert.ok(got.length - lastBefore < 5, 'nothing came through the hole');
     await sleep(1000); // reconnect attempts into the hole time out
     proxy.restore();
