@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "channels/channels.h"
 
+#include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,6 @@ struct sb_chan {
     uint32_t *loop_nsubs; /* subscriptions per loop */
     int64_t nsubs;
     int64_t last_active_ms;
-    uint32_t pending; /* durable mode: messages numbered but not yet on disk */
     /* Loop-private: */
     chan_loop_t *loops;
     void *presence;
@@ -37,24 +37,19 @@ struct sb_chan {
     char name[];
 };
 
-struct pub_wait;
-
 typedef struct idem {
     struct idem *hnext, *fnext; /* hash chain, FIFO by insertion */
     uint32_t hash;
     uint64_t seq;
     int64_t expires_ms;
-    struct pub_wait *pending; /* durable mode: the publish still waiting for the disk */
-    bool failed;              /* its publish failed: the key is free again */
     uint16_t klen;
     char key[]; /* channel '\0' key */
 } idem_t;
 
 static struct {
     pthread_mutex_t mu;
-    uint64_t seq;     /* last issued id */
-    uint64_t visible; /* newest id put into history (durable mode: lags seq by the disk) */
-    uint64_t floor;   /* ids below this were issued by an earlier life of this server */
+    uint64_t seq;   /* last issued id */
+    uint64_t floor; /* ids below this were issued by an earlier life of this server */
     sb_chan_t **buckets;
     uint32_t nbuckets;
     int64_t nchans;
@@ -66,8 +61,6 @@ static struct {
     idem_t *ifirst, *ilast;
     int64_t nidem;
     sb_store_append_fn store;
-    sb_seq_limit_fn seq_limit;
-    atomic_bool quiesced; /* the loops are gone: completions only release memory */
 } B = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static sb_msg_formatter_t formatters[SB_FMT_COUNT];
@@ -339,13 +332,6 @@ static bool has_gap(sb_chan_t *c, sb_since_t since)
 }
 
 /* ---- idempotency (broker lock held) ---- */
-static uint32_t idem_hash(sb_str_t ch, sb_str_t key)
-{
-    return hash_bytes(key.p, key.len) ^ hash_bytes(ch.p, ch.len);
-}
-
-static void pending_unlink_idem(struct pub_wait *w);
-
 static void idem_expire(int64_t now)
 {
     while (B.ifirst && (B.ifirst->expires_ms <= now || B.nidem > IDEM_MAX)) {
@@ -356,9 +342,6 @@ static void idem_expire(int64_t now)
         B.ifirst = e->fnext;
         if (!B.ifirst) B.ilast = NULL;
         B.nidem--;
-        /* Pushed out by the count cap while its publish still waits for the
-         * disk: the publish must not touch the entry when it completes. */
-        if (e->pending) pending_unlink_idem(e->pending);
         free(e);
     }
 }
@@ -367,28 +350,24 @@ static idem_t *idem_find(sb_str_t ch, sb_str_t key, uint32_t h)
 {
     if (!B.nibuckets) return NULL;
     for (idem_t *e = B.ibuckets[h & (B.nibuckets - 1)]; e; e = e->hnext)
-        if (!e->failed && e->hash == h && e->klen == ch.len + 1 + key.len &&
-            !memcmp(e->key, ch.p, ch.len) && !memcmp(e->key + ch.len + 1, key.p, key.len))
+        if (e->hash == h && e->klen == ch.len + 1 + key.len && !memcmp(e->key, ch.p, ch.len) &&
+            !memcmp(e->key + ch.len + 1, key.p, key.len))
             return e;
     return NULL;
 }
 
-/* Returns the new entry, or NULL without memory (the key then only goes
- * unremembered). expires_ms is the end of its dedupe window. */
-static idem_t *idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int64_t expires_ms)
+static void idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int64_t now)
 {
     if (!B.nibuckets) {
         B.ibuckets = calloc(65536, sizeof *B.ibuckets);
-        if (!B.ibuckets) return NULL;
+        if (!B.ibuckets) return;
         B.nibuckets = 65536;
     }
     idem_t *e = malloc(sizeof *e + ch.len + 1 + key.len);
-    if (!e) return NULL;
+    if (!e) return;
     e->hash = h;
     e->seq = seq;
-    e->expires_ms = expires_ms;
-    e->pending = NULL;
-    e->failed = false;
+    e->expires_ms = now + sb_cfg.idem_window_ms;
     e->klen = (uint16_t)(ch.len + 1 + key.len);
     memcpy(e->key, ch.p, ch.len);
     e->key[ch.len] = 0;
@@ -400,7 +379,6 @@ static idem_t *idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, 
     else B.ifirst = e;
     B.ilast = e;
     B.nidem++;
-    return e;
 }
 
 /* ---- delivery (on each loop) ---- */
@@ -441,29 +419,11 @@ static void deliver_task(sb_loop_t *loop, void *a, void *b)
 void sb_broker_init(uint64_t start_seq, uint64_t floor_seq)
 {
     B.seq = start_seq ? start_seq - 1 : 0;
-    B.visible = B.seq;
     B.floor = floor_seq;
-    /* A new life (tests run several in one process): memory mode until the
-     * history layer installs its hooks. */
-    B.gc_watermark = 0;
-    B.store = NULL;
-    B.seq_limit = NULL;
-    atomic_store(&B.quiesced, false);
     formatters[SB_FMT_JSON] = fmt_json;
 }
 
 void sb_broker_set_store(sb_store_append_fn fn) { B.store = fn; }
-
-void sb_broker_set_seq_limit(sb_seq_limit_fn fn) { B.seq_limit = fn; }
-
-void sb_broker_set_watermark(uint64_t upto)
-{
-    pthread_mutex_lock(&B.mu);
-    if (upto > B.gc_watermark) B.gc_watermark = upto;
-    pthread_mutex_unlock(&B.mu);
-}
-
-void sb_broker_quiesce(void) { atomic_store(&B.quiesced, true); }
 
 static sb_msg_t *msg_new(const sb_pub_t *p)
 {
@@ -487,21 +447,13 @@ static sb_msg_t *msg_new(const sb_pub_t *p)
     return m;
 }
 
-/* Durable mode: a publish waiting for the disk, or a repeat of its
- * idempotency key waiting for the same outcome. */
-typedef struct pub_wait {
-    sb_loop_t *loop;      /* where cb runs; NULL: on the store thread */
-    sb_publish_cb_t cb;   /* NULL: nobody waits for the outcome */
+typedef struct {
+    sb_loop_t *loop;
+    sb_publish_cb_t cb;
     void *ud;
     uint64_t seq;
     int status;
-    sb_msg_t *m;           /* a reference to the message; NULL for a repeat */
-    idem_t *idem;          /* its idempotency entry, while both exist */
-    struct pub_wait *dups; /* repeats of its key */
-    struct pub_wait *next; /* in the dups list */
 } pub_wait_t;
-
-static void pending_unlink_idem(pub_wait_t *w) { w->idem = NULL; }
 
 static void pub_done_task(sb_loop_t *loop, void *a, void *b)
 {
@@ -510,151 +462,12 @@ static void pub_done_task(sb_loop_t *loop, void *a, void *b)
     free(w);
 }
 
-/* Hands the outcome to whoever waits for it, on its loop, and frees w. */
-static void pub_ack(pub_wait_t *w, int status)
-{
-    w->status = status;
-    if (!w->cb || atomic_load(&B.quiesced)) {
-        /* No waiter, or the loops are gone (see sb_broker_quiesce). */
-        free(w);
-    } else if (w->loop) {
-        sb_loop_post(w->loop, pub_done_task, w, NULL);
-    } else {
-        pub_done_task(NULL, w, NULL);
-    }
-}
-
-/* The store's completion, on its thread, in seq order: a stored message enters
- * history and goes to the subscribers' loops now, so that nobody ever sees a
- * message that a crash could take back; a failed one never appears. Because
- * completions come in seq order and the deliveries are posted under the lock,
- * every loop still sees messages in id order. */
+/* Called by the store on its own thread: hop back to the publisher's loop. */
 static void pub_durable(void *ud, int status)
 {
     pub_wait_t *w = ud;
-    sb_msg_t *m = w->m;
-    sb_chan_t *c = m->chan;
-    int64_t now = sb_now_ms();
-    pthread_mutex_lock(&B.mu);
-    c->pending--;
-    if (w->idem) {
-        w->idem->pending = NULL;
-        /* A failed publish frees its key: a retry must publish again rather
-         * than receive the id of a message that is not stored. */
-        if (status < 0) w->idem->failed = true;
-        w->idem = NULL;
-    }
-    pub_wait_t *dups = w->dups;
-    if (status == 0) {
-        if (m->seq > B.visible) B.visible = m->seq;
-        ring_expire(c, now);
-        ring_push(c, m);
-        sb_msg_unref(c->last);
-        c->last = sb_msg_ref(m);
-        if (!atomic_load(&B.quiesced))
-            for (int i = 0; i < sb_net.nloops; i++)
-                if (c->loop_nsubs[i])
-                    sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
-    }
-    pthread_mutex_unlock(&B.mu);
-    sb_msg_unref(m);
-    pub_ack(w, status);
-    while (dups) {
-        pub_wait_t *next = dups->next;
-        pub_ack(dups, status);
-        dups = next;
-    }
-}
-
-/* Durable mode: number the message and queue it for the disk, both under the
- * lock (the store wants seqs in order); pub_durable does the rest. m is not
- * linked yet and is consumed. */
-static int publish_durable(const sb_pub_t *p, sb_msg_t *m, uint64_t *seq_out, sb_err_t *why,
-                           sb_publish_cb_t cb, void *ud)
-{
-    pub_wait_t *w = calloc(1, sizeof *w);
-    if (!w) {
-        free(m);
-        *why = SB_ERR_INTERNAL;
-        return -1;
-    }
-    w->loop = sb_loop_current();
-    w->cb = cb;
-    w->ud = ud;
-    int64_t now = m->time_ms;
-    uint32_t ih = 0;
-    pthread_mutex_lock(&B.mu);
-    if (p->idem_key.len) {
-        idem_expire(now);
-        ih = idem_hash(p->channel, p->idem_key);
-        idem_t *e = idem_find(p->channel, p->idem_key, ih);
-        if (e) {
-            B.idem_hits++;
-            *seq_out = e->seq;
-            free(m);
-            if (e->pending && cb) {
-                /* The first publish of this key is still on its way to the
-                 * disk: the repeat is answered with its outcome, not before. */
-                w->seq = e->seq;
-                w->next = e->pending->dups;
-                e->pending->dups = w;
-                pthread_mutex_unlock(&B.mu);
-                return 0;
-            }
-            pthread_mutex_unlock(&B.mu);
-            free(w);
-            return 1;
-        }
-    }
-    sb_chan_t *c = chan_get(p->channel, true);
-    if (!c) {
-        pthread_mutex_unlock(&B.mu);
-        free(m);
-        free(w);
-        *why = SB_ERR_CHANNEL_LIMIT;
-        return -1;
-    }
-    /* Never hand out an id the disk has not reserved: a restart begins past
-     * the reservation, so an id is never issued twice even when its record
-     * was lost in a crash. The hook asks for the next block well ahead. */
-    if (B.seq_limit && B.seq + 1 > B.seq_limit(B.seq + 1)) {
-        pthread_mutex_unlock(&B.mu);
-        free(m);
-        free(w);
-        sb_log_ratelimited(SB_LOG_ERROR, 1000, "publish refused: ids past the durable reservation",
-                           "next=%llu", (unsigned long long)(B.seq + 1));
-        *why = SB_ERR_STORAGE_FAILED;
-        return -1;
-    }
-    m->seq = ++B.seq;
-    m->chan = sb_chan_ref(c);
-    c->last_active_ms = now;
-    B.published++;
-    w->seq = m->seq;
-    w->m = m;
-    if (p->idem_key.len) {
-        w->idem = idem_insert(p->channel, p->idem_key, ih, m->seq, now + sb_cfg.idem_window_ms);
-        if (w->idem) w->idem->pending = w;
-    }
-    if (B.store(m, p->idem_key, pub_durable, w) != 0) {
-        /* The store refused at once (broken, closing, out of memory): the
-         * message never enters history and its key is free again. */
-        if (w->idem) {
-            w->idem->pending = NULL;
-            w->idem->failed = true;
-        }
-        pthread_mutex_unlock(&B.mu);
-        sb_msg_unref(m);
-        free(w);
-        *why = SB_ERR_STORAGE_FAILED;
-        return -1;
-    }
-    c->pending++;
-    uint64_t seq = m->seq;
-    pthread_mutex_unlock(&B.mu);
-    /* w belongs to the store's completion from here on. */
-    *seq_out = seq;
-    return cb ? 0 : 1;
+    w->status = status;
+    sb_loop_post(w->loop, pub_done_task, w, NULL);
 }
 
 int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_publish_cb_t cb,
@@ -667,7 +480,16 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
         *why = SB_ERR_INTERNAL;
         return -1;
     }
-    if (B.store) return publish_durable(p, m, seq_out, why, cb, ud);
+    pub_wait_t *w = NULL;
+    if (B.store && cb) {
+        w = malloc(sizeof *w);
+        if (!w) {
+            free(m);
+            *why = SB_ERR_INTERNAL;
+            return -1;
+        }
+        *w = (pub_wait_t){sb_loop_current(), cb, ud, 0, 0};
+    }
     int64_t now = m->time_ms;
     uint32_t ih = 0;
     pthread_mutex_lock(&B.mu);
@@ -680,6 +502,7 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
             B.idem_hits++;
             pthread_mutex_unlock(&B.mu);
             free(m);
+            free(w);
             return 1;
         }
     }
@@ -687,11 +510,11 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
     if (!c) {
         pthread_mutex_unlock(&B.mu);
         free(m);
+        free(w);
         *why = SB_ERR_CHANNEL_LIMIT;
         return -1;
     }
     m->seq = ++B.seq;
-    B.visible = m->seq;
     m->chan = sb_chan_ref(c);
     c->last_active_ms = now;
     ring_expire(c, now);
@@ -699,54 +522,345 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
     sb_msg_unref(c->last);
     c->last = sb_msg_ref(m);
     B.published++;
-    if (p->idem_key.len)
-        idem_insert(p->channel, p->idem_key, ih, m->seq, now + sb_cfg.idem_window_ms);
+    if (p->idem_key.len) idem_insert(p->channel, p->idem_key, ih, m->seq, now);
+    int rc = 1;
+    if (w) {
+        w->seq = m->seq;
+        if (B.store(m, p->idem_key, pub_durable, w) == 0) rc = 0;
+        else {
+            /* The store refused at once (a failed disk): nothing was acknowledged,
+             * but the message is numbered and live; report the failure. */
+            free(w);
+            rc = -1;
+        }
+    }
     for (int i = 0; i < sb_net.nloops; i++)
         if (c->loop_nsubs[i]) sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
     pthread_mutex_unlock(&B.mu);
     *seq_out = m->seq;
     sb_msg_unref(m);
-    return 1;
-}
-
-int sb_broker_restore(const sb_pub_t *p, uint64_t seq, int64_t time_ms)
-{
-    sb_msg_t *m = msg_new(p);
-    if (!m) return -1;
-    m->seq = seq;
-    m->time_ms = time_ms;
-    int64_t now = sb_now_ms();
-    pthread_mutex_lock(&B.mu);
-    sb_chan_t *c = chan_get(p->channel, true);
-    if (!c) {
-        pthread_mutex_unlock(&B.mu);
-        free(m);
-        return -1;
-    }
-    m->chan = sb_chan_ref(c);
-    /* The ring keeps its bounds as it would have live: the newest
-     * --history-size messages younger than --history-ttl. */
-    ring_push(c, m);
-    ring_expire(c, now);
-    sb_msg_unref(c->last);
-    c->last = sb_msg_ref(m);
-    if (seq > B.seq) B.seq = seq;
-    if (seq > B.visible) B.visible = seq;
-    int64_t expires = time_ms + sb_cfg.idem_window_ms;
-    if (p->idem_key.len && expires > now) {
-        idem_expire(now);
-        uint32_t ih = idem_hash(p->channel, p->idem_key);
-        idem_insert(p->channel, p->idem_key, ih, seq, expires);
-    }
-    pthread_mutex_unlock(&B.mu);
-    sb_msg_unref(m);
-    return 0;
+    if (rc < 0) *why = SB_ERR_STORAGE_FAILED;
+    return rc;
 }
 
 static int cmp_seq(const void *a, const void *b)
 {
     uint64_t x = (*(sb_msg_t *const *)a)->seq, y = (*(sb_msg_t *const *)b)->seq;
     return x < y ? -1 : x > y;
+}
+
+/* ---- compacted text runs (sb_broker_compact_text) ---- */
+
+/* A run message keeps, after its text, the id of every original message (in
+ * order) and the end offset of each one's text: seqs[], then ends[]. */
+static const uint64_t *run_seqs(const sb_msg_t *m)
+{
+    uintptr_t p = (uintptr_t)(m->data + m->data_len + 1);
+    return (const uint64_t *)((p + 7) & ~(uintptr_t)7);
+}
+
+static const uint32_t *run_ends(const sb_msg_t *m) { return (const uint32_t *)(run_seqs(m) + m->_nparts); }
+
+/* Index of the first original message of run m with id > seq. */
+static uint32_t run_first_after(const sb_msg_t *m, uint64_t seq)
+{
+    const uint64_t *seqs = run_seqs(m);
+    uint32_t lo = 0, hi = m->_nparts;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (seqs[mid] <= seq) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Builds the next replayed message of run m from original *pos on: whole
+ * originals with ids below `before`, up to SB_RUN_CHUNK bytes of text (at
+ * least one original). Advances *pos. Returns a new message, NULL on OOM. */
+static sb_msg_t *run_chunk(sb_msg_t *m, uint32_t *pos, uint64_t before)
+{
+    const uint64_t *seqs = run_seqs(m);
+    const uint32_t *ends = run_ends(m);
+    uint32_t i = *pos, start = i ? ends[i - 1] : 0, j = i + 1;
+    while (j < m->_nparts && seqs[j] < before && ends[j] - start <= SB_RUN_CHUNK) j++;
+    *pos = j;
+    sb_buf_t b = {0};
+    sb_buf_puts(&b, "{\"text\":");
+    sb_buf_json_str(&b, m->data + start, ends[j - 1] - start);
+    sb_buf_puts(&b, "}");
+    sb_msg_t *out = NULL;
+    if (!b.oom) {
+        sb_pub_t p = {.event = sb_str(m->event, m->event_len), .data = sb_str(b.p, b.len)};
+        out = msg_new(&p);
+    }
+    sb_buf_free(&b);
+    if (!out) return NULL;
+    out->seq = seqs[j - 1];
+    out->time_ms = m->time_ms;
+    out->chan = sb_chan_ref(m->chan);
+    return out;
+}
+
+/* The text of a message that may join a run: event `event` and data exactly
+ * {"text":"..."} (no other member, no NUL inside, which cJSON would cut).
+ * Returns the parsed tree (the text is its child's valuestring) or NULL. */
+static cJSON *run_text_of(const sb_msg_t *m, sb_str_t event)
+{
+    if (m->flags & (SB_MSG_RAW | SB_MSG_COMPACT | SB_MSG_DATA_STRING)) return NULL;
+    if (m->event_len != event.len || memcmp(m->event, event.p, event.len)) return NULL;
+    if (memmem(m->data, m->data_len, "\\u0000", 6)) return NULL;
+    cJSON *j = cJSON_ParseWithLength(m->data, m->data_len);
+    cJSON *t = j && cJSON_IsObject(j) ? j->child : NULL;
+    if (!t || t->next || !t->string || strcmp(t->string, "text") || !cJSON_IsString(t)) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+static bool run_joinable(const sb_msg_t *m, sb_str_t event)
+{
+    if (m->flags & SB_MSG_COMPACT)
+        return m->event_len == event.len && !memcmp(m->event, event.p, event.len);
+    cJSON *j = run_text_of(m, event);
+    cJSON_Delete(j);
+    return j != NULL;
+}
+
+/* Builds one run message from msgs[0..n) (all joinable). NULL on OOM. */
+static sb_msg_t *run_build(sb_msg_t **msgs, size_t n, sb_str_t event)
+{
+    size_t parts = 0;
+    for (size_t i = 0; i < n; i++) parts += (msgs[i]->flags & SB_MSG_COMPACT) ? msgs[i]->_nparts : 1;
+    sb_buf_t text = {0};
+    uint64_t *seqs = malloc(parts * sizeof *seqs);
+    uint32_t *ends = malloc(parts * sizeof *ends);
+    sb_msg_t *m = NULL;
+    size_t k = 0;
+    if (!seqs || !ends) goto out;
+    for (size_t i = 0; i < n; i++) {
+        sb_msg_t *x = msgs[i];
+        if (x->flags & SB_MSG_COMPACT) {
+            size_t base = text.len;
+            sb_buf_put(&text, x->data, x->data_len);
+            for (uint32_t p = 0; p < x->_nparts; p++, k++) {
+                seqs[k] = run_seqs(x)[p];
+                ends[k] = (uint32_t)(base + run_ends(x)[p]);
+            }
+        } else {
+            cJSON *j = run_text_of(x, event);
+            if (!j) goto out; /* cannot happen: checked by the caller */
+            sb_buf_puts(&text, j->child->valuestring);
+            cJSON_Delete(j);
+            seqs[k] = x->seq;
+            ends[k++] = (uint32_t)text.len;
+        }
+    }
+    if (text.oom || text.len > UINT32_MAX - 64) goto out;
+    size_t tail = event.len + 1 + text.len + 1;
+    m = malloc(sizeof *m + tail + 8 + parts * (sizeof *seqs + sizeof *ends));
+    if (!m) goto out;
+    memset(m, 0, sizeof *m);
+    atomic_init(&m->_refs, 1);
+    m->flags = SB_MSG_COMPACT;
+    m->event_len = (uint16_t)event.len;
+    m->data_len = (uint32_t)text.len;
+    m->_nparts = (uint32_t)parts;
+    memcpy(m->tail, event.p, event.len);
+    m->tail[event.len] = 0;
+    if (text.len) memcpy(m->tail + event.len + 1, text.p, text.len);
+    m->tail[event.len + 1 + text.len] = 0;
+    m->event = m->tail;
+    m->data = m->tail + event.len + 1;
+    memcpy((void *)run_seqs(m), seqs, parts * sizeof *seqs);
+    memcpy((void *)run_ends(m), ends, parts * sizeof *ends);
+    m->seq = seqs[parts - 1];
+    m->time_ms = msgs[n - 1]->time_ms;
+    m->pub_us = msgs[n - 1]->pub_us;
+    m->chan = sb_chan_ref(msgs[0]->chan);
+out:
+    sb_buf_free(&text);
+    free(seqs);
+    free(ends);
+    return m;
+}
+
+/* Broker lock held: replaces msgs[0..n), if they still are consecutive kept
+ * messages of c, by run. Returns true when swapped (the ring's references to
+ * msgs go to the caller, who unrefs them after unlocking). */
+static bool run_swap(sb_chan_t *c, sb_msg_t **msgs, size_t n, sb_msg_t *run)
+{
+    if (!c->registered) return false;
+    uint32_t at = ring_find_after(c, msgs[0]->seq - 1);
+    if (at + n > c->ring_len) return false;
+    for (size_t k = 0; k < n; k++)
+        if (ring_at(c, at + (uint32_t)k) != msgs[k]) return false;
+    c->ring[(c->ring_head + at) % c->ring_cap] = run;
+    uint32_t drop = (uint32_t)n - 1;
+    for (uint32_t i = at + 1; i + drop < c->ring_len; i++)
+        c->ring[(c->ring_head + i) % c->ring_cap] = ring_at(c, i + drop);
+    for (uint32_t i = c->ring_len - drop; i < c->ring_len; i++)
+        c->ring[(c->ring_head + i) % c->ring_cap] = NULL;
+    c->ring_len -= drop;
+    B.messages_kept -= drop;
+    return true;
+}
+
+int sb_broker_compact_text(sb_str_t channel, sb_str_t event, uint64_t upto)
+{
+    /* Snapshot the candidates under the lock; parse and build outside it. */
+    pthread_mutex_lock(&B.mu);
+    int rc = B.seq < upto ? SB_AGAIN : 0;
+    sb_chan_t *c = chan_get(channel, false);
+    uint32_t n = c ? ring_find_after(c, upto) : 0;
+    sb_msg_t **msgs = n > 1 ? malloc(n * sizeof *msgs) : NULL;
+    if (msgs) {
+        sb_chan_ref(c);
+        for (uint32_t i = 0; i < n; i++) msgs[i] = sb_msg_ref(ring_at(c, i));
+    }
+    pthread_mutex_unlock(&B.mu);
+    if (n <= 1) return rc;
+    if (!msgs) return SB_ENOMEM;
+    bool *ok = malloc(n * sizeof *ok);
+    if (!ok) rc = SB_ENOMEM;
+    for (uint32_t i = 0; ok && i < n; i++) ok[i] = run_joinable(msgs[i], event);
+    for (uint32_t i = 0; ok && i < n;) {
+        uint32_t j = i;
+        while (j < n && ok[j]) j++;
+        if (j - i >= 2) {
+            sb_msg_t *run = run_build(msgs + i, j - i, event);
+            if (!run) {
+                rc = SB_ENOMEM;
+            } else {
+                pthread_mutex_lock(&B.mu);
+                bool swapped = run_swap(c, msgs + i, j - i, run);
+                pthread_mutex_unlock(&B.mu);
+                /* Swapped: drop the ring's references too. */
+                for (uint32_t k = i; swapped && k < j; k++) sb_msg_unref(msgs[k]);
+                if (!swapped) sb_msg_unref(run);
+            }
+        }
+        i = j == i ? i + 1 : j;
+    }
+    for (uint32_t i = 0; i < n; i++) sb_msg_unref(msgs[i]);
+    free(msgs);
+    free(ok);
+    sb_chan_unref(c);
+    return rc;
+}
+
+/* Hands a subscribe backlog (sorted by id, references owned) to the
+ * subscriptions, replaying run messages as chunks merged into the id order. */
+static void replay_backlog(sb_sub_t **subs, size_t n, sb_msg_t **backlog, size_t nb)
+{
+    typedef struct {
+        sb_msg_t *m;
+        sb_sub_t *s;
+        uint32_t pos;
+    } cur_t;
+    cur_t *runs = NULL;
+    size_t nruns = 0;
+    for (size_t k = 0; k < nb; k++)
+        if (backlog[k]->flags & SB_MSG_COMPACT) nruns++;
+    if (nruns && !(runs = calloc(nruns, sizeof *runs))) nruns = 0; /* no memory: runs are skipped */
+    size_t w = 0, r = 0;
+    for (size_t k = 0; k < nb; k++) {
+        sb_msg_t *m = backlog[k];
+        if (!(m->flags & SB_MSG_COMPACT)) {
+            backlog[w++] = m;
+            continue;
+        }
+        for (size_t i = 0; runs && i < n; i++)
+            if (subs[i]->chan == m->chan) {
+                runs[r++] = (cur_t){m, subs[i], run_first_after(m, subs[i]->last_seq)};
+                m = NULL;
+                break;
+            }
+        sb_msg_unref(m);
+    }
+    nruns = r;
+    size_t k = 0;
+    for (;;) {
+        /* The next thing in id order: a plain message, or a run's next original. */
+        uint64_t next_plain = k < w ? backlog[k]->seq : UINT64_MAX;
+        cur_t *best = NULL;
+        uint64_t best_seq = UINT64_MAX, second = UINT64_MAX;
+        for (size_t i = 0; i < nruns; i++) {
+            if (runs[i].pos >= runs[i].m->_nparts) continue;
+            uint64_t s = run_seqs(runs[i].m)[runs[i].pos];
+            if (s < best_seq) {
+                second = best_seq;
+                best_seq = s;
+                best = &runs[i];
+            } else if (s < second) {
+                second = s;
+            }
+        }
+        if (!best && k == w) break;
+        if (!best || next_plain < best_seq) {
+            sb_msg_t *m = backlog[k++];
+            for (size_t i = 0; i < n; i++) {
+                sb_sub_t *s = subs[i];
+                if (s->chan == m->chan && m->seq > s->last_seq && s->chan) {
+                    s->last_seq = m->seq;
+                    s->ops->deliver(s, m);
+                    break;
+                }
+            }
+            sb_msg_unref(m);
+            continue;
+        }
+        sb_msg_t *chunk = run_chunk(best->m, &best->pos, next_plain < second ? next_plain : second);
+        if (!chunk) {
+            best->pos = best->m->_nparts; /* no memory: the rest of this run is lost to this reader */
+            continue;
+        }
+        sb_sub_t *s = best->s;
+        if (s->chan && chunk->seq > s->last_seq) {
+            s->last_seq = chunk->seq;
+            s->ops->deliver(s, chunk);
+        }
+        sb_msg_unref(chunk);
+    }
+    for (size_t i = 0; i < nruns; i++) sb_msg_unref(runs[i].m);
+    free(runs);
+}
+
+/* Replaces the run messages among out[0..n) (references) by their chunks for a
+ * reader after `after`, keeping at most limit messages. Returns the count. */
+static size_t history_expand(sb_msg_t **out, size_t n, size_t limit, uint64_t after)
+{
+    sb_msg_t **in = malloc(n * sizeof *in);
+    if (!in) {
+        /* No memory to expand: answer the plain messages before the first run. */
+        size_t k = 0;
+        while (k < n && !(out[k]->flags & SB_MSG_COMPACT)) k++;
+        for (size_t i = k; i < n; i++) sb_msg_unref(out[i]);
+        return k;
+    }
+    memcpy(in, out, n * sizeof *in);
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        sb_msg_t *m = in[i];
+        if (!(m->flags & SB_MSG_COMPACT)) {
+            if (w < limit) out[w++] = m;
+            else sb_msg_unref(m);
+            continue;
+        }
+        uint32_t pos = run_first_after(m, after);
+        while (w < limit && pos < m->_nparts) {
+            sb_msg_t *chunk = run_chunk(m, &pos, UINT64_MAX);
+            if (!chunk) {
+                /* Stop here rather than skip text: the reader asks again from next. */
+                limit = w;
+                break;
+            }
+            out[w++] = chunk;
+        }
+        sb_msg_unref(m);
+    }
+    free(in);
+    return w;
 }
 
 int sb_broker_subscribe(sb_loop_t *loop, sb_sub_t **subs, const sb_str_t *names, size_t n,
@@ -776,7 +890,7 @@ int sb_broker_subscribe(sb_loop_t *loop, sb_sub_t **subs, const sb_str_t *names,
         s->chan = sb_chan_ref(c);
         s->policy = (uint8_t)sb_config_slow_policy(names[i]);
         s->_loop = (int16_t)loop->id;
-        s->last_seq = since.set ? since.seq : B.visible;
+        s->last_seq = since.set ? since.seq : B.seq;
         c->loop_nsubs[loop->id]++;
         c->nsubs++;
         c->last_active_ms = now;
@@ -819,18 +933,7 @@ int sb_broker_subscribe(sb_loop_t *loop, sb_sub_t **subs, const sb_str_t *names,
     for (size_t i = 0; i < n; i++)
         if (gap[i]) subs[i]->ops->reset(subs[i], "history_gap");
     if (nb) qsort(backlog, nb, sizeof *backlog, cmp_seq);
-    for (size_t k = 0; k < nb; k++) {
-        sb_msg_t *m = backlog[k];
-        for (size_t i = 0; i < n; i++) {
-            sb_sub_t *s = subs[i];
-            if (s->chan == m->chan && m->seq > s->last_seq && s->chan) {
-                s->last_seq = m->seq;
-                s->ops->deliver(s, m);
-                break;
-            }
-        }
-        sb_msg_unref(m);
-    }
+    replay_backlog(subs, n, backlog, nb);
     free(backlog);
     free(gap);
     return 0;
@@ -881,10 +984,19 @@ size_t sb_broker_history(sb_str_t channel, sb_since_t since, size_t limit, sb_ms
         if (has_gap(c, since)) *reset = true;
         else from = ring_find_after(c, since.seq);
     }
-    for (uint32_t k = from; k < c->ring_len && n < limit; k++) out[n++] = sb_msg_ref(ring_at(c, k));
+    bool runs = false;
+    for (uint32_t k = from; k < c->ring_len && n < limit; k++) {
+        out[n] = sb_msg_ref(ring_at(c, k));
+        runs |= (out[n++]->flags & SB_MSG_COMPACT) != 0;
+    }
     if (n) *next = out[n - 1]->seq;
     else if (c->last && (!since.set || *reset)) *next = c->last->seq;
     pthread_mutex_unlock(&B.mu);
+    /* Runs are cut into chunks outside the lock; each gives at least one. */
+    if (runs) {
+        n = history_expand(out, n, limit, since.set && !*reset ? since.seq : 0);
+        if (n) *next = out[n - 1]->seq;
+    }
     return n;
 }
 
@@ -943,7 +1055,7 @@ void sb_broker_gc(void)
              * while; its ids are remembered in gc_watermark for resets. */
             bool last_stale = !c->last || sb_cfg.history_ttl_ms <= 0 ||
                               c->last->time_ms < now - sb_cfg.history_ttl_ms;
-            if (!c->nsubs && !c->ring_len && !c->presence && !c->pending && last_stale &&
+            if (!c->nsubs && !c->ring_len && !c->presence && last_stale &&
                 c->last_active_ms < now - 10000)
                 chan_unregister(c);
             c = next;
