@@ -30,6 +30,7 @@ struct sb_chan {
     uint32_t *loop_nsubs; /* subscriptions per loop */
     int64_t nsubs;
     int64_t last_active_ms;
+    uint32_t pending; /* durable mode: messages numbered but not yet on disk */
     /* Loop-private: */
     chan_loop_t *loops;
     void *presence;
@@ -37,19 +38,24 @@ struct sb_chan {
     char name[];
 };
 
+struct pub_wait;
+
 typedef struct idem {
     struct idem *hnext, *fnext; /* hash chain, FIFO by insertion */
     uint32_t hash;
     uint64_t seq;
     int64_t expires_ms;
+    struct pub_wait *pending; /* durable mode: the publish still waiting for the disk */
+    bool failed;              /* its publish failed: the key is free again */
     uint16_t klen;
     char key[]; /* channel '\0' key */
 } idem_t;
 
 static struct {
     pthread_mutex_t mu;
-    uint64_t seq;   /* last issued id */
-    uint64_t floor; /* ids below this were issued by an earlier life of this server */
+    uint64_t seq;     /* last issued id */
+    uint64_t visible; /* newest id put into history (durable mode: lags seq by the disk) */
+    uint64_t floor;   /* ids below this were issued by an earlier life of this server */
     sb_chan_t **buckets;
     uint32_t nbuckets;
     int64_t nchans;
@@ -61,6 +67,8 @@ static struct {
     idem_t *ifirst, *ilast;
     int64_t nidem;
     sb_store_append_fn store;
+    sb_seq_limit_fn seq_limit;
+    atomic_bool quiesced; /* the loops are gone: completions only release memory */
 } B = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static sb_msg_formatter_t formatters[SB_FMT_COUNT];
@@ -332,6 +340,13 @@ static bool has_gap(sb_chan_t *c, sb_since_t since)
 }
 
 /* ---- idempotency (broker lock held) ---- */
+static uint32_t idem_hash(sb_str_t ch, sb_str_t key)
+{
+    return hash_bytes(key.p, key.len) ^ hash_bytes(ch.p, ch.len);
+}
+
+static void pending_unlink_idem(struct pub_wait *w);
+
 static void idem_expire(int64_t now)
 {
     while (B.ifirst && (B.ifirst->expires_ms <= now || B.nidem > IDEM_MAX)) {
@@ -342,6 +357,9 @@ static void idem_expire(int64_t now)
         B.ifirst = e->fnext;
         if (!B.ifirst) B.ilast = NULL;
         B.nidem--;
+        /* Pushed out by the count cap while its publish still waits for the
+         * disk: the publish must not touch the entry when it completes. */
+        if (e->pending) pending_unlink_idem(e->pending);
         free(e);
     }
 }
@@ -350,24 +368,28 @@ static idem_t *idem_find(sb_str_t ch, sb_str_t key, uint32_t h)
 {
     if (!B.nibuckets) return NULL;
     for (idem_t *e = B.ibuckets[h & (B.nibuckets - 1)]; e; e = e->hnext)
-        if (e->hash == h && e->klen == ch.len + 1 + key.len && !memcmp(e->key, ch.p, ch.len) &&
-            !memcmp(e->key + ch.len + 1, key.p, key.len))
+        if (!e->failed && e->hash == h && e->klen == ch.len + 1 + key.len &&
+            !memcmp(e->key, ch.p, ch.len) && !memcmp(e->key + ch.len + 1, key.p, key.len))
             return e;
     return NULL;
 }
 
-static void idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int64_t now)
+/* Returns the new entry, or NULL without memory (the key then only goes
+ * unremembered). expires_ms is the end of its dedupe window. */
+static idem_t *idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int64_t expires_ms)
 {
     if (!B.nibuckets) {
         B.ibuckets = calloc(65536, sizeof *B.ibuckets);
-        if (!B.ibuckets) return;
+        if (!B.ibuckets) return NULL;
         B.nibuckets = 65536;
     }
     idem_t *e = malloc(sizeof *e + ch.len + 1 + key.len);
-    if (!e) return;
+    if (!e) return NULL;
     e->hash = h;
     e->seq = seq;
-    e->expires_ms = now + sb_cfg.idem_window_ms;
+    e->expires_ms = expires_ms;
+    e->pending = NULL;
+    e->failed = false;
     e->klen = (uint16_t)(ch.len + 1 + key.len);
     memcpy(e->key, ch.p, ch.len);
     e->key[ch.len] = 0;
@@ -379,6 +401,7 @@ static void idem_insert(sb_str_t ch, sb_str_t key, uint32_t h, uint64_t seq, int
     else B.ifirst = e;
     B.ilast = e;
     B.nidem++;
+    return e;
 }
 
 /* ---- delivery (on each loop) ---- */
@@ -419,11 +442,29 @@ static void deliver_task(sb_loop_t *loop, void *a, void *b)
 void sb_broker_init(uint64_t start_seq, uint64_t floor_seq)
 {
     B.seq = start_seq ? start_seq - 1 : 0;
+    B.visible = B.seq;
     B.floor = floor_seq;
+    /* A new life (tests run several in one process): memory mode until the
+     * history layer installs its hooks. */
+    B.gc_watermark = 0;
+    B.store = NULL;
+    B.seq_limit = NULL;
+    atomic_store(&B.quiesced, false);
     formatters[SB_FMT_JSON] = fmt_json;
 }
 
 void sb_broker_set_store(sb_store_append_fn fn) { B.store = fn; }
+
+void sb_broker_set_seq_limit(sb_seq_limit_fn fn) { B.seq_limit = fn; }
+
+void sb_broker_set_watermark(uint64_t upto)
+{
+    pthread_mutex_lock(&B.mu);
+    if (upto > B.gc_watermark) B.gc_watermark = upto;
+    pthread_mutex_unlock(&B.mu);
+}
+
+void sb_broker_quiesce(void) { atomic_store(&B.quiesced, true); }
 
 static sb_msg_t *msg_new(const sb_pub_t *p)
 {
@@ -447,13 +488,21 @@ static sb_msg_t *msg_new(const sb_pub_t *p)
     return m;
 }
 
-typedef struct {
-    sb_loop_t *loop;
-    sb_publish_cb_t cb;
+/* Durable mode: a publish waiting for the disk, or a repeat of its
+ * idempotency key waiting for the same outcome. */
+typedef struct pub_wait {
+    sb_loop_t *loop;      /* where cb runs; NULL: on the store thread */
+    sb_publish_cb_t cb;   /* NULL: nobody waits for the outcome */
     void *ud;
     uint64_t seq;
     int status;
+    sb_msg_t *m;           /* a reference to the message; NULL for a repeat */
+    idem_t *idem;          /* its idempotency entry, while both exist */
+    struct pub_wait *dups; /* repeats of its key */
+    struct pub_wait *next; /* in the dups list */
 } pub_wait_t;
+
+static void pending_unlink_idem(pub_wait_t *w) { w->idem = NULL; }
 
 static void pub_done_task(sb_loop_t *loop, void *a, void *b)
 {
@@ -462,46 +511,98 @@ static void pub_done_task(sb_loop_t *loop, void *a, void *b)
     free(w);
 }
 
-/* Called by the store on its own thread: hop back to the publisher's loop. */
+/* Hands the outcome to whoever waits for it, on its loop, and frees w. */
+static void pub_ack(pub_wait_t *w, int status)
+{
+    w->status = status;
+    if (!w->cb || atomic_load(&B.quiesced)) {
+        /* No waiter, or the loops are gone (see sb_broker_quiesce). */
+        free(w);
+    } else if (w->loop) {
+        sb_loop_post(w->loop, pub_done_task, w, NULL);
+    } else {
+        pub_done_task(NULL, w, NULL);
+    }
+}
+
+/* The store's completion, on its thread, in seq order: a stored message enters
+ * history and goes to the subscribers' loops now, so that nobody ever sees a
+ * message that a crash could take back; a failed one never appears. Because
+ * completions come in seq order and the deliveries are posted under the lock,
+ * every loop still sees messages in id order. */
 static void pub_durable(void *ud, int status)
 {
     pub_wait_t *w = ud;
-    w->status = status;
-    sb_loop_post(w->loop, pub_done_task, w, NULL);
+    sb_msg_t *m = w->m;
+    sb_chan_t *c = m->chan;
+    int64_t now = sb_now_ms();
+    pthread_mutex_lock(&B.mu);
+    c->pending--;
+    if (w->idem) {
+        w->idem->pending = NULL;
+        /* A failed publish frees its key: a retry must publish again rather
+         * than receive the id of a message that is not stored. */
+        if (status < 0) w->idem->failed = true;
+        w->idem = NULL;
+    }
+    pub_wait_t *dups = w->dups;
+    if (status == 0) {
+        if (m->seq > B.visible) B.visible = m->seq;
+        ring_expire(c, now);
+        ring_push(c, m);
+        sb_msg_unref(c->last);
+        c->last = sb_msg_ref(m);
+        if (!atomic_load(&B.quiesced))
+            for (int i = 0; i < sb_net.nloops; i++)
+                if (c->loop_nsubs[i])
+                    sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
+    }
+    pthread_mutex_unlock(&B.mu);
+    sb_msg_unref(m);
+    pub_ack(w, status);
+    while (dups) {
+        pub_wait_t *next = dups->next;
+        pub_ack(dups, status);
+        dups = next;
+    }
 }
 
-int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_publish_cb_t cb,
-                      void *ud)
+/* Durable mode: number the message and queue it for the disk, both under the
+ * lock (the store wants seqs in order); pub_durable does the rest. m is not
+ * linked yet and is consumed. */
+static int publish_durable(const sb_pub_t *p, sb_msg_t *m, uint64_t *seq_out, sb_err_t *why,
+                           sb_publish_cb_t cb, void *ud)
 {
-    /* Build the message before taking the lock: the critical section only
-     * numbers it and links it. */
-    sb_msg_t *m = msg_new(p);
-    if (!m) {
+    pub_wait_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        free(m);
         *why = SB_ERR_INTERNAL;
         return -1;
     }
-    pub_wait_t *w = NULL;
-    if (B.store && cb) {
-        w = malloc(sizeof *w);
-        if (!w) {
-            free(m);
-            *why = SB_ERR_INTERNAL;
-            return -1;
-        }
-        *w = (pub_wait_t){sb_loop_current(), cb, ud, 0, 0};
-    }
+    w->loop = sb_loop_current();
+    w->cb = cb;
+    w->ud = ud;
     int64_t now = m->time_ms;
     uint32_t ih = 0;
     pthread_mutex_lock(&B.mu);
     if (p->idem_key.len) {
         idem_expire(now);
-        ih = hash_bytes(p->idem_key.p, p->idem_key.len) ^ hash_bytes(p->channel.p, p->channel.len);
+        ih = idem_hash(p->channel, p->idem_key);
         idem_t *e = idem_find(p->channel, p->idem_key, ih);
         if (e) {
-            *seq_out = e->seq;
             B.idem_hits++;
-            pthread_mutex_unlock(&B.mu);
+            *seq_out = e->seq;
             free(m);
+            if (e->pending && cb) {
+                /* The first publish of this key is still on its way to the
+                 * disk: the repeat is answered with its outcome, not before. */
+                w->seq = e->seq;
+                w->next = e->pending->dups;
+                e->pending->dups = w;
+                pthread_mutex_unlock(&B.mu);
+                return 0;
+            }
+            pthread_mutex_unlock(&B.mu);
             free(w);
             return 1;
         }
@@ -514,7 +615,84 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
         *why = SB_ERR_CHANNEL_LIMIT;
         return -1;
     }
+    /* Never hand out an id the disk has not reserved: a restart begins past
+     * the reservation, so an id is never issued twice even when its record
+     * was lost in a crash. The hook asks for the next block well ahead. */
+    if (B.seq_limit && B.seq + 1 > B.seq_limit(B.seq + 1)) {
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        free(w);
+        sb_log_ratelimited(SB_LOG_ERROR, 1000, "publish refused: ids past the durable reservation",
+                           "next=%llu", (unsigned long long)(B.seq + 1));
+        *why = SB_ERR_STORAGE_FAILED;
+        return -1;
+    }
     m->seq = ++B.seq;
+    m->chan = sb_chan_ref(c);
+    c->last_active_ms = now;
+    B.published++;
+    w->seq = m->seq;
+    w->m = m;
+    if (p->idem_key.len) {
+        w->idem = idem_insert(p->channel, p->idem_key, ih, m->seq, now + sb_cfg.idem_window_ms);
+        if (w->idem) w->idem->pending = w;
+    }
+    if (B.store(m, p->idem_key, pub_durable, w) != 0) {
+        /* The store refused at once (broken, closing, out of memory): the
+         * message never enters history and its key is free again. */
+        if (w->idem) {
+            w->idem->pending = NULL;
+            w->idem->failed = true;
+        }
+        pthread_mutex_unlock(&B.mu);
+        sb_msg_unref(m);
+        free(w);
+        *why = SB_ERR_STORAGE_FAILED;
+        return -1;
+    }
+    c->pending++;
+    uint64_t seq = m->seq;
+    pthread_mutex_unlock(&B.mu);
+    /* w belongs to the store's completion from here on. */
+    *seq_out = seq;
+    return cb ? 0 : 1;
+}
+
+int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_publish_cb_t cb,
+                      void *ud)
+{
+    /* Build the message before taking the lock: the critical section only
+     * numbers it and links it. */
+    sb_msg_t *m = msg_new(p);
+    if (!m) {
+        *why = SB_ERR_INTERNAL;
+        return -1;
+    }
+    if (B.store) return publish_durable(p, m, seq_out, why, cb, ud);
+    int64_t now = m->time_ms;
+    uint32_t ih = 0;
+    pthread_mutex_lock(&B.mu);
+    if (p->idem_key.len) {
+        idem_expire(now);
+        ih = hash_bytes(p->idem_key.p, p->idem_key.len) ^ hash_bytes(p->channel.p, p->channel.len);
+        idem_t *e = idem_find(p->channel, p->idem_key, ih);
+        if (e) {
+            *seq_out = e->seq;
+            B.idem_hits++;
+            pthread_mutex_unlock(&B.mu);
+            free(m);
+            return 1;
+        }
+    }
+    sb_chan_t *c = chan_get(p->channel, true);
+    if (!c) {
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        *why = SB_ERR_CHANNEL_LIMIT;
+        return -1;
+    }
+    m->seq = ++B.seq;
+    B.visible = m->seq;
     m->chan = sb_chan_ref(c);
     c->last_active_ms = now;
     ring_expire(c, now);
@@ -522,25 +700,48 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
     sb_msg_unref(c->last);
     c->last = sb_msg_ref(m);
     B.published++;
-    if (p->idem_key.len) idem_insert(p->channel, p->idem_key, ih, m->seq, now);
-    int rc = 1;
-    if (w) {
-        w->seq = m->seq;
-        if (B.store(m, p->idem_key, pub_durable, w) == 0) rc = 0;
-        else {
-            /* The store refused at once (a failed disk): nothing was acknowledged,
-             * but the message is numbered and live; report the failure. */
-            free(w);
-            rc = -1;
-        }
-    }
+    if (p->idem_key.len)
+        idem_insert(p->channel, p->idem_key, ih, m->seq, now + sb_cfg.idem_window_ms);
     for (int i = 0; i < sb_net.nloops; i++)
         if (c->loop_nsubs[i]) sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
     pthread_mutex_unlock(&B.mu);
     *seq_out = m->seq;
     sb_msg_unref(m);
-    if (rc < 0) *why = SB_ERR_STORAGE_FAILED;
-    return rc;
+    return 1;
+}
+
+int sb_broker_restore(const sb_pub_t *p, uint64_t seq, int64_t time_ms)
+{
+    sb_msg_t *m = msg_new(p);
+    if (!m) return -1;
+    m->seq = seq;
+    m->time_ms = time_ms;
+    int64_t now = sb_now_ms();
+    pthread_mutex_lock(&B.mu);
+    sb_chan_t *c = chan_get(p->channel, true);
+    if (!c) {
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        return -1;
+    }
+    m->chan = sb_chan_ref(c);
+    /* The ring keeps its bounds as it would have live: the newest
+     * --history-size messages younger than --history-ttl. */
+    ring_push(c, m);
+    ring_expire(c, now);
+    sb_msg_unref(c->last);
+    c->last = sb_msg_ref(m);
+    if (seq > B.seq) B.seq = seq;
+    if (seq > B.visible) B.visible = seq;
+    int64_t expires = time_ms + sb_cfg.idem_window_ms;
+    if (p->idem_key.len && expires > now) {
+        idem_expire(now);
+        uint32_t ih = idem_hash(p->channel, p->idem_key);
+        idem_insert(p->channel, p->idem_key, ih, seq, expires);
+    }
+    pthread_mutex_unlock(&B.mu);
+    sb_msg_unref(m);
+    return 0;
 }
 
 static int cmp_seq(const void *a, const void *b)
@@ -710,7 +911,7 @@ int sb_broker_compact_text(sb_str_t channel, sb_str_t event, uint64_t upto)
 {
     /* Snapshot the candidates under the lock; parse and build outside it. */
     pthread_mutex_lock(&B.mu);
-    int rc = B.seq < upto ? SB_AGAIN : 0;
+    int rc = B.visible < upto ? SB_AGAIN : 0;
     sb_chan_t *c = chan_get(channel, false);
     uint32_t n = c ? ring_find_after(c, upto) : 0;
     sb_msg_t **msgs = n > 1 ? malloc(n * sizeof *msgs) : NULL;
@@ -890,7 +1091,7 @@ int sb_broker_subscribe(sb_loop_t *loop, sb_sub_t **subs, const sb_str_t *names,
         s->chan = sb_chan_ref(c);
         s->policy = (uint8_t)sb_config_slow_policy(names[i]);
         s->_loop = (int16_t)loop->id;
-        s->last_seq = since.set ? since.seq : B.seq;
+        s->last_seq = since.set ? since.seq : B.visible;
         c->loop_nsubs[loop->id]++;
         c->nsubs++;
         c->last_active_ms = now;
@@ -1055,7 +1256,7 @@ void sb_broker_gc(void)
              * while; its ids are remembered in gc_watermark for resets. */
             bool last_stale = !c->last || sb_cfg.history_ttl_ms <= 0 ||
                               c->last->time_ms < now - sb_cfg.history_ttl_ms;
-            if (!c->nsubs && !c->ring_len && !c->presence && last_stale &&
+            if (!c->nsubs && !c->ring_len && !c->presence && !c->pending && last_stale &&
                 c->last_active_ms < now - 10000)
                 chan_unregister(c);
             c = next;

@@ -122,8 +122,10 @@ bool sb_cursor_decode(sb_str_t s, sb_since_t *out);
 /* Writes the cursor of seq into out (at least 21 bytes); returns its length. */
 size_t sb_cursor_encode(uint64_t seq, char *out);
 
-/* Starts the broker. start_seq is the first id it may issue (from durable
- * storage, or derived from the clock in memory mode). */
+/* Starts the broker (in memory mode; the history layer then installs its
+ * hooks). start_seq is the first id it may issue (from durable storage, or
+ * derived from the clock in memory mode); floor_seq the first id this server
+ * (or data directory) ever issued: older cursors get a reset. */
 void sb_broker_init(uint64_t start_seq, uint64_t floor_seq);
 /* Drops every channel and message (at exit, after the loops stopped). */
 void sb_broker_free(void);
@@ -141,17 +143,51 @@ typedef struct {
 
 typedef void (*sb_publish_cb_t)(void *ud, int status, uint64_t seq);
 
-/* Optional durable store hook: appends m and calls done(ud, status) on any
- * thread once it is durable. Installed by the storage integration. */
+/* Optional durable store hook: queues m (borrowed until return) for the disk
+ * and returns 0, then calls done(ud, status) exactly once, on the store's
+ * thread and in id order, with 0 once it is durable or < 0 if it failed; or
+ * returns < 0 at once without calling done. Called under the broker lock, so
+ * it must never block on disk. Installed by the history layer before the loops
+ * start (src/history). With a store installed, every publish is appended and a
+ * message enters history, `last` and the subscribers' streams only from done(0),
+ * so a reader never sees what a crash could take back, and a failed message
+ * never appears (its id is skipped). */
 typedef int (*sb_store_append_fn)(sb_msg_t *m, sb_str_t idem_key, void (*done)(void *, int), void *ud);
 void sb_broker_set_store(sb_store_append_fn fn);
+
+/* Durable mode: returns the highest id the broker may issue, about to issue
+ * `next`. Called under the broker lock on every durable publish, so it must be
+ * cheap and never block on disk (it may ask for a new block asynchronously).
+ * Publishes past the limit fail with SB_ERR_STORAGE_FAILED. */
+typedef uint64_t (*sb_seq_limit_fn)(uint64_t next);
+void sb_broker_set_seq_limit(sb_seq_limit_fn fn);
+
+/* Puts a message recovered from the durable log back into history, as if it
+ * had just been published with id seq at time_ms: the channel's ring (within
+ * --history-size and --history-ttl), its last message, and its idempotency key
+ * while time_ms + --idempotency-window is ahead. p's slices are borrowed until
+ * return. Call in id order, after the loops exist and before they run. Returns
+ * 0, or -1 at the channel limit or without memory (the message is skipped). */
+int sb_broker_restore(const sb_pub_t *p, uint64_t seq, int64_t time_ms);
+
+/* Ids up to `upto` may have been forgotten (durable log retention deleted
+ * them): resuming after an older cursor gets a reset. Any thread. */
+void sb_broker_set_watermark(uint64_t upto);
+
+/* Called once the loops have stopped and before the store closes: completions
+ * still update history, but post nothing to the loops, and acknowledgements
+ * still pending are dropped (their callbacks never run). Any thread. */
+void sb_broker_quiesce(void);
 
 /* Publishes: assigns the id, appends to history, hands the message to every
  * loop with subscribers. Returns 1 when done (*seq_out set; a repeated
  * idempotency key returns the first id and publishes nothing), 0 when the
- * acknowledgement waits for durable storage (cb runs later on the calling
- * loop), or -1 with *why set (SB_ERR_CHANNEL_LIMIT, SB_ERR_STORAGE_FAILED).
- * Any loop thread. */
+ * acknowledgement waits for durable storage (only with a store and a cb: cb
+ * runs later on the calling loop, with status 0 or < 0 for
+ * SB_ERR_STORAGE_FAILED; a repeat of a key whose first publish is still
+ * waiting waits for the same outcome), or -1 with *why set
+ * (SB_ERR_CHANNEL_LIMIT, SB_ERR_STORAGE_FAILED). Without a cb in durable mode
+ * it returns 1 at once and the message appears once stored. Any loop thread. */
 int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_publish_cb_t cb,
                       void *ud);
 
