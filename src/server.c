@@ -1,6 +1,7 @@
 /* Composition root: every layer's init in dependency order. */
 #include "server.h"
 
+#include "ai/ai.h"
 #include "channels/channels.h"
 #include "config/config.h"
 #include "history/history.h"
@@ -16,6 +17,7 @@ int sb_server_init(void)
     sb_console_init();
     sb_sse_init();
     sb_ws_init();
+    if (sb_ai_relay_init() < 0) return -1;
     return 0;
 }
 

@@ -296,4 +296,48 @@ size_t sb_ai_engine_active(const sb_ai_engine_t *e);
  * Loop thread only. */
 void sb_ai_engine_free(sb_ai_engine_t *e);
 
+/* ---- the demo generator (demo.c) ----------------------------------------- */
+
+/* A stand-in for an upstream (--ai-demo): streams a fixed answer that names
+ * itself and quotes the question, a word every 15-40 ms after a 150 ms pause
+ * (one to two seconds per answer). It has the engine's contract: the same
+ * callbacks, exactly one on_done ("stop") unless cancelled, nothing called
+ * from inside sb_ai_demo_start, cancel allowed inside callbacks and a no-op
+ * after the final one. One generator per loop (one uv_timer_t paces all its
+ * calls); loop thread only. */
+typedef struct sb_ai_demo sb_ai_demo_t;
+typedef struct sb_ai_demo_call sb_ai_demo_call_t;
+
+/* Returns a new generator on loop, or NULL on OOM. */
+sb_ai_demo_t *sb_ai_demo_new(uv_loop_t *loop);
+/* Starts an answer to messages_json (borrowed until return; checked like
+ * sb_ai_start checks it). Returns 0 and sets *out (may be NULL), SB_EPARSE
+ * with *why set for unusable messages, or SB_ENOMEM. */
+int sb_ai_demo_start(sb_ai_demo_t *d, const char *messages_json, size_t len, const sb_ai_cbs_t *cbs,
+                     void *ud, sb_ai_demo_call_t **out, const char **why);
+/* Stops an answer: no callback of it runs after this returns. */
+void sb_ai_demo_cancel(sb_ai_demo_call_t *c);
+/* Answers not yet finished. */
+size_t sb_ai_demo_active(const sb_ai_demo_t *d);
+/* Cancels everything without callbacks and frees the generator once its
+ * timer closed (run the loop afterwards). Never from inside a callback. */
+void sb_ai_demo_free(sb_ai_demo_t *d);
+
+/* ---- the chat endpoint (relay.c) ----------------------------------------- */
+
+/* The HTTP side of AI streams, built on everything above (docs/ai.md "The
+ * relay"): POST /v1/ai/chat, GET /v1/ai/chats/{chatId}/stream (also under
+ * /v1/ai/chat/{chatId}/stream, the AI SDK transport's default), and
+ * DELETE /v1/ai/streams/{id}. Every stream is channel `ai:{id}` with events
+ * `delta` {"text"}, then `done` {"reason":"complete","finishReason"} or
+ * {"reason":"stopped","by":"request"|"disconnect"}, or `error`
+ * {"status","code","message"}; its deltas are compacted as it goes
+ * (sb_broker_compact_text). Per-loop state (engine or demo generator) is made
+ * on first use and freed by a sb_net_on_stop hook.
+ * Reads the --ai-* flags and, from the environment, the upstream timeouts
+ * SWITCHBOARD_AI_CONNECT_TIMEOUT, SWITCHBOARD_AI_FIRST_TOKEN_TIMEOUT and
+ * SWITCHBOARD_AI_IDLE_TIMEOUT (durations such as "90s"). Returns 0, or -1
+ * after logging why (a bad flag value). Main thread, before the loops start. */
+int sb_ai_relay_init(void);
+
 #endif
