@@ -28,14 +28,23 @@ static int channel_from_path(sb_str_t tail, char *out, size_t cap, sb_str_t *res
     return n;
 }
 
+/* True when the request's Bearer token is the --api-key: the application's
+ * own backend, which may publish anywhere and is not rate limited. */
+static bool has_server_key(const sb_http_req_t *req)
+{
+    if (!sb_cfg.api_key[0]) return false;
+    sb_str_t auth = sb_http_header(req, "authorization");
+    if (!auth.p || auth.len < 8 || !sb_str_ieq(sb_str(auth.p, 7), "bearer ")) return false;
+    return sb_auth_ct_equal(auth.p + 7, auth.len - 7, sb_cfg.api_key, strlen(sb_cfg.api_key));
+}
+
 /* Server-side publish auth: with --api-key, a Bearer key may publish anywhere;
  * with --jwt-secret, a token with matching "publish" patterns may publish. With
- * neither, development mode allows everything. *server_key tells whether the
- * --api-key was used: the application's own backend is not rate limited. */
+ * neither, development mode allows everything. */
 static bool may_publish(sb_conn_t *c, const sb_http_req_t *req, sb_str_t channel, sb_err_t *why,
-                        bool *server_key)
+                        bool server_key)
 {
-    *server_key = false;
+    if (server_key) return true;
     if (!sb_cfg.api_key[0] && !sb_cfg.jwt_secret[0]) return true;
     sb_str_t auth = sb_http_header(req, "authorization");
     if (!auth.p || auth.len < 8 || !sb_str_ieq(sb_str(auth.p, 7), "bearer ")) {
@@ -43,10 +52,6 @@ static bool may_publish(sb_conn_t *c, const sb_http_req_t *req, sb_str_t channel
         return false;
     }
     sb_str_t tok = sb_str(auth.p + 7, auth.len - 7);
-    if (sb_cfg.api_key[0] && sb_auth_ct_equal(tok.p, tok.len, sb_cfg.api_key, strlen(sb_cfg.api_key))) {
-        *server_key = true;
-        return true;
-    }
     if (sb_cfg.jwt_secret[0]) {
         sb_token_t t;
         if (sb_auth_jwt_verify(tok, (const uint8_t *)sb_cfg.jwt_secret, strlen(sb_cfg.jwt_secret),
@@ -101,14 +106,17 @@ static int handle_publish(sb_conn_t *c, sb_http_ctx_t *x, const char *channel, s
 {
     sb_http_req_t *req = x->req;
     sb_err_t why = SB_OK;
-    bool server_key;
-    if (!may_publish(c, req, sb_str(channel, chlen), &why, &server_key)) {
-        sb_http_error(c, why);
-        return SB_HTTP_DONE;
-    }
-    /* --publish-rate per connection, as for WebSocket publishes. */
+    /* --publish-rate per connection, as for WebSocket publishes. Every attempt
+     * takes a token, before the token is verified: a flood of bad credentials
+     * is refused as cheaply as a flood of good ones (and the HTTP layer holds
+     * the connection's next requests until its rate allows one). */
+    bool server_key = has_server_key(req);
     if (!server_key && !sb_limits_publish_ok(c)) {
         sb_http_error(c, SB_ERR_RATE_LIMITED);
+        return SB_HTTP_DONE;
+    }
+    if (!may_publish(c, req, sb_str(channel, chlen), &why, server_key)) {
+        sb_http_error(c, why);
         return SB_HTTP_DONE;
     }
     sb_pub_t p = {.channel = sb_str(channel, chlen)};

