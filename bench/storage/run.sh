@@ -10,14 +10,14 @@
 # a slow number.
 #
 # Environment:
-#   STORAGE_CONNS="16 128"   connection counts to run (each a separate table block)
-#   STORAGE_DURATION=10      measured seconds per case (after a 1 s warm-up)
+#   STORAGE_CONNS="16 256"   connection counts to run (each a separate table block)
+#   STORAGE_DURATION=5       measured seconds per case (after a 1 s warm-up)
 #   STORAGE_SIZE=128         payload bytes
 #   STORAGE_TARGETS="..."    subset of: sb-memory sb-off sb-batch sb-always
 #                            redis-everysec redis-always
 #   STORAGE_REPEAT=3         run every case N times, interleaved (each round runs every
-#                            target once); the table shows medians. Use it: fsync
-#                            latency on a shared machine moves by 10x within minutes
+#                            target once); the table shows medians (default 3: fsync
+#                            latency on a shared machine moves by 10x within minutes)
 #   BENCH_QUICK=1            3-second cases, one round
 #   BENCH_WORKERS=1          Switchboard --workers (1: one core, like single-threaded Redis)
 #   BUILD_RELEASE=DIR        where switchboard and sb_storage are (default build/release)
@@ -31,9 +31,9 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD_RELEASE:-build/release}
 SB=$BUILD/switchboard
 CLIENT=$BUILD/sb_storage
-CONNS=${STORAGE_CONNS:-16 128}
-DUR=${STORAGE_DURATION:-10}
-REPEAT=${STORAGE_REPEAT:-1}
+CONNS=${STORAGE_CONNS:-16 256}
+DUR=${STORAGE_DURATION:-5}
+REPEAT=${STORAGE_REPEAT:-3}
 [ "${BENCH_QUICK:-0}" = 1 ] && DUR=3 && REPEAT=1
 SIZE=${STORAGE_SIZE:-128}
 WORKERS=${BENCH_WORKERS:-1}
@@ -82,6 +82,22 @@ wait_ready() {
     sleep 0.1
   done
   return 1
+}
+
+# The disk's fdatasync latency right now, from 100 small appends (python3, if present):
+# the figure that decides how far acknowledging after the fsync can go.
+fsync_probe() {
+  command -v python3 >/dev/null || { echo "fdatasync probe skipped (no python3)"; return; }
+  python3 - "$WORK/probe" <<'PY'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+t = []
+for _ in range(100):
+    os.write(fd, b"x" * 200)
+    a = time.perf_counter(); os.fdatasync(fd); t.append((time.perf_counter() - a) * 1e6)
+os.close(fd); os.unlink(sys.argv[1]); t.sort()
+print("fdatasync of a 200-byte append here: p50 %.0f us, p90 %.0f us, p99 %.0f us" % (t[50], t[90], t[98]))
+PY
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -144,12 +160,14 @@ run_case() { # run_case TARGET CONNS ROUND
 say "# bench/storage $stamp: closed-loop publish, ${DUR}s per case, ${SIZE}-byte payloads,"
 say "# Switchboard --workers $WORKERS over HTTP keep-alive; Redis $(redis-server --version 2>/dev/null | awk '{print $3}') XADD; data in $WORK"
 say "# machine: $(nproc) cores, $(uname -r); load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "# $(fsync_probe)"
 for r in $(seq "$REPEAT"); do
   for c in $CONNS; do
     for t in $TARGETS; do run_case "$t" "$c" "$r"; done
   done
 done
 
+say "# after the runs: $(fsync_probe); load $(cut -d' ' -f1-3 /proc/loadavg)"
 say ""
 say "# Summary (median of $REPEAT round(s)): acknowledged publishes per second and latency;"
 say "# ratio = target / Redis (rate: above 1 is faster; p99: below 1 is better)"

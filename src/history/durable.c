@@ -4,20 +4,35 @@
 #include "history/history.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "channels/channels.h"
 #include "config/config.h"
+#include "net/net.h"
 
 static struct {
     sb_store_t *store;
-    int64_t asked_ms; /* under the broker lock: when the next id block was last
-                         asked for */
+    int64_t asked_ms;  /* under the broker lock: when the next id block was last asked for */
+    bool *kick_posted; /* per loop, touched by that loop only: a kick is queued this turn */
     char mode[sizeof sb_cfg.data_dir + 16];
 } H = {.mode = "memory"};
 
+/* Runs in the flush pass at the end of the loop's turn, after every request
+ * of the turn has been handled. */
+static void kick_task(sb_loop_t *loop, void *a, void *b)
+{
+    /* After sb_history_stop (a task drained by sb_net_free) there is
+     * nothing left to clear or kick. */
+    if (H.kick_posted) H.kick_posted[loop->id] = false;
+    if (H.store) sb_store_kick(H.store);
+}
+
 /* The broker's store hook, under its lock: only copies the message into the
- * store's queue (no disk work on the loop). */
+ * store's queue (no disk work on the loop). On a loop the store thread is
+ * woken once per turn rather than once per publish: a turn that handles 50
+ * publishes costs one wakeup, which on a two-core machine is one preemption
+ * of a loop instead of 50. */
 static int append_hook(sb_msg_t *m, sb_str_t idem_key, void (*done)(void *, int), void *ud)
 {
     size_t nl;
@@ -31,7 +46,14 @@ static int append_hook(sb_msg_t *m, sb_str_t idem_key, void (*done)(void *, int)
         .data = sb_str(m->data, m->data_len),
         .idem_key = idem_key,
     };
-    return sb_store_append(H.store, &r, done, ud);
+    sb_loop_t *loop = H.kick_posted ? sb_loop_current() : NULL;
+    if (!loop) return sb_store_append(H.store, &r, done, ud);
+    int rc = sb_store_append_deferred(H.store, &r, done, ud);
+    if (rc == 0 && !H.kick_posted[loop->id]) {
+        H.kick_posted[loop->id] = true;
+        sb_loop_post(loop, kick_task, NULL, NULL);
+    }
+    return rc;
 }
 
 /* The broker's id limit, under its lock: one atomic load while the reserved
@@ -163,6 +185,11 @@ static int restore_cb(void *ud, const sb_store_rec_t *r)
 int sb_history_start(void)
 {
     if (!H.store) return 0;
+    H.kick_posted = calloc((size_t)(sb_net.nloops > 0 ? sb_net.nloops : 1), sizeof *H.kick_posted);
+    if (!H.kick_posted) {
+        sb_error("history: out of memory", "%s", "");
+        return -1;
+    }
     uint64_t t0 = sb_mono_us();
     restore_t st = {0};
     int n = sb_store_recover(H.store, restore_cb, &st);
@@ -188,6 +215,8 @@ void sb_history_stop(void)
     sb_broker_quiesce();
     sb_store_close(H.store);
     H.store = NULL;
+    free(H.kick_posted);
+    H.kick_posted = NULL;
 }
 
 const char *sb_history_mode(void) { return H.mode; }

@@ -132,6 +132,20 @@ int sb_store_read(sb_store_t *s, uint64_t after_seq, size_t max, sb_store_rec_cb
  * undone, see docs/storage.md; reopening repairs it), UV_ESHUTDOWN (closing). */
 int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, void *ud);
 
+/* As sb_store_append(), but does not wake the store thread: the caller
+ * promises an sb_store_kick() soon, typically once at the end of its event
+ * loop's turn, so that all the appends of a turn cost the store thread one
+ * wakeup instead of one each (on a small machine every wakeup preempts a loop).
+ * Until the kick the records wait; a BATCH group that is already gathering
+ * takes them without one. Same results and threads as sb_store_append(). */
+int sb_store_append_deferred(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb,
+                             void *ud);
+
+/* Wakes the store thread if it sleeps while appends wait (see
+ * sb_store_append_deferred). Cheap when there is nothing to do: a mutex and a
+ * test. Any thread. */
+void sb_store_kick(sb_store_t *s);
+
 /* Durably records that seqs up to upto may have been handed out, so that
  * after a crash next_seq is past them even if their records never reached the
  * disk. Writes a small meta file atomically (temp file, fsync, rename, fsync of

@@ -107,6 +107,7 @@ struct sb_store {
     uint64_t q_last_seq; /* newest seq accepted (or recovered) */
     uint64_t q_last_enq_us; /* when the newest append was queued (BATCH's quiet rule) */
     uint64_t res_want;      /* a reservation sb_store_reserve_async() asked for, 0 = none */
+    bool idle;              /* the thread sleeps on an empty queue (sb_store_kick wakes it) */
     bool closing;
     atomic_bool broken;
 
@@ -888,9 +889,11 @@ static void *store_main(void *arg)
         }
         if (!s->q_head) {
             if (s->closing) break;
+            s->idle = true;
             if (s->o.retain_ms) {
                 struct timespec ts = mono_deadline(sb_mono_us() + RETENTION_TICK_US);
                 if (pthread_cond_timedwait(&s->q_cv, &s->q_mu, &ts) == ETIMEDOUT) {
+                    s->idle = false;
                     pthread_mutex_unlock(&s->q_mu);
                     apply_retention(s);
                     pthread_mutex_lock(&s->q_mu);
@@ -898,6 +901,7 @@ static void *store_main(void *arg)
             } else {
                 pthread_cond_wait(&s->q_cv, &s->q_mu);
             }
+            s->idle = false;
             continue;
         }
         if (s->o.fsync == SB_FSYNC_BATCH) {
@@ -1017,7 +1021,8 @@ fail:;
     return rc;
 }
 
-int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, void *ud)
+static int append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, void *ud,
+                  bool defer)
 {
     if (atomic_load_explicit(&s->broken, memory_order_relaxed)) return UV_EIO;
     if (r->seq == 0) return UV_EINVAL;
@@ -1050,12 +1055,13 @@ int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb,
         s->q_tail = n;
         s->q_count++;
         s->q_bytes += (size_t)len;
-        /* The thread sleeps only on an empty queue, or in a BATCH window that
-         * ends on its own clock; wake it only when that changes. */
-        wake = s->q_count == 1 || (s->o.fsync == SB_FSYNC_BATCH &&
-                                   (s->q_count == BATCH_MAX_RECORDS ||
-                                    (s->q_bytes >= BATCH_MAX_BYTES &&
-                                     s->q_bytes - (size_t)len < BATCH_MAX_BYTES)));
+        /* The thread sleeps only on an empty queue, or in a BATCH group that
+         * ends on its own clock; wake it only when that changes (a deferred
+         * append leaves the first case to sb_store_kick). */
+        wake = (s->q_count == 1 && !defer) ||
+               (s->o.fsync == SB_FSYNC_BATCH &&
+                (s->q_count == BATCH_MAX_RECORDS ||
+                 (s->q_bytes >= BATCH_MAX_BYTES && s->q_bytes - (size_t)len < BATCH_MAX_BYTES)));
     }
     pthread_mutex_unlock(&s->q_mu);
     if (rc < 0) {
@@ -1064,6 +1070,24 @@ int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb,
     }
     if (wake) pthread_cond_signal(&s->q_cv);
     return 0;
+}
+
+int sb_store_append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, void *ud)
+{
+    return append(s, r, cb, ud, false);
+}
+
+int sb_store_append_deferred(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, void *ud)
+{
+    return append(s, r, cb, ud, true);
+}
+
+void sb_store_kick(sb_store_t *s)
+{
+    pthread_mutex_lock(&s->q_mu);
+    bool wake = s->idle && s->q_head;
+    pthread_mutex_unlock(&s->q_mu);
+    if (wake) pthread_cond_signal(&s->q_cv);
 }
 
 /* Finds the first segment that may hold a record with seq >= target, pinned,
@@ -1263,7 +1287,8 @@ void sb_store_close(sb_store_t *s)
     pthread_join(s->thread, NULL);
     sb_info("storage: closed", "dir=%s appends=%llu failed=%llu fsyncs=%llu max_fsync_us=%llu",
             s->dir, (unsigned long long)atomic_load(&s->appends),
-            (unsigned long long)atomic_load(&s->failed), (unsigned long long)atomic_load(&s->fsyncs),
+            (unsigned long long)atomic_load(&s->failed),
+            (unsigned long long)atomic_load(&s->fsyncs),
             (unsigned long long)atomic_load(&s->max_fsync_us));
     store_free(s);
 }

@@ -1145,6 +1145,46 @@ static void test_batch_quiet(void)
     free(dir);
 }
 
+/* ---- deferred appends wait for a kick ---- */
+
+static void test_deferred_kick(void)
+{
+    char *dir = tu_tmpdir();
+    sb_store_t *s = tu_open(dir, SB_FSYNC_ALWAYS, 0);
+    if (!s) return;
+    tu_reset();
+    /* One plain append, then let the thread settle into its idle wait. */
+    CHECK_EQ_INT(tu_append(s, 1), 0);
+    tu_wait(1);
+    usleep(20 * 1000);
+    sb_store_kick(s); /* nothing queued: nothing to do */
+    tu_bufs_t b;
+    for (uint64_t q = 2; q <= 4; q++) {
+        sb_store_rec_t r = tu_rec(q, &b);
+        CHECK_EQ_INT(sb_store_append_deferred(s, &r, tu_done_cb, (void *)(uintptr_t)q), 0);
+    }
+    /* The idle thread was not woken: the records wait for the kick. */
+    usleep(20 * 1000);
+    sb_store_info_t in;
+    sb_store_info(s, &in);
+    CHECK_EQ_INT(in.queued, 3);
+    CHECK_EQ_INT(in.last_seq, 1);
+    sb_store_kick(s);
+    tu_wait(4);
+    sb_store_info(s, &in);
+    CHECK_EQ_INT(in.last_seq, 4);
+    CHECK_EQ_INT(in.queued, 0);
+    /* A plain append still wakes it by itself. */
+    CHECK_EQ_INT(tu_append(s, 5), 0);
+    tu_wait(5);
+    bool ok = true;
+    for (size_t i = 0; i < tu_n; i++) ok = ok && tu_seqs[i] == i + 1 && tu_status[i] == 0;
+    CHECK(ok);
+    sb_store_close(s);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 /* ---- asynchronous reservation and the directory's origin ---- */
 
 static void test_reserve_async_and_origin(void)
@@ -1353,6 +1393,7 @@ int main(void)
     test_close_drains();
     test_reservation();
     test_batch_quiet();
+    test_deferred_kick();
     test_reserve_async_and_origin();
     test_failures();
     test_fsize_limit();
