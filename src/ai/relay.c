@@ -28,7 +28,8 @@
 #define CHAN_CAP (ID_HEX + 4)
 #define MAX_CHAT_ID 100     /* chat ids: 1-100 characters of the channel alphabet */
 #define MAX_MODEL 127
-#define KEY_CAP 136         /* registry keys: ids, chat ids, "u:<sub>", "ip:<addr>" */
+#define USER_CAP 130        /* a token's sub as kept here */
+#define KEY_CAP 140         /* registry keys: ids, chat ids, "u:<sub>", "ip:<addr>" */
 #define MAX_FINISHED 100000 /* finished streams remembered for resume and stop */
 #define FOLD_MAX 64         /* compact a stream's history every this many deltas */
 #define FOLD_RETRY_MS 100   /* a final compaction waiting for the durable store */
@@ -66,7 +67,7 @@ typedef struct stream_rec {
     sb_loop_t *loop;          /* where it runs */
     struct relay *relay;      /* while active; dereferenced only on `loop` */
     int64_t done_ms;          /* 0 while active */
-    char owner[KEY_CAP];      /* the token's sub; "" without auth */
+    char owner[USER_CAP];     /* the token's sub; "" without auth */
     char chat[MAX_CHAT_ID + 1];
 } stream_rec_t;
 
@@ -771,7 +772,7 @@ static int handle_chat(sb_conn_t *c, sb_http_ctx_t *x)
         sb_http_error(c, SB_ERR_ORIGIN_FORBIDDEN);
         return SB_HTTP_DONE;
     }
-    char user[KEY_CAP];
+    char user[USER_CAP];
     if (!authorize(c, req, user, sizeof user)) return SB_HTTP_DONE;
     if (!R.enabled) {
         sb_http_error(c, SB_ERR_NO_UPSTREAM);
@@ -931,7 +932,7 @@ static int handle_resume(sb_conn_t *c, sb_http_ctx_t *x)
         sb_http_error(c, SB_ERR_ORIGIN_FORBIDDEN);
         return SB_HTTP_DONE;
     }
-    char user[KEY_CAP];
+    char user[USER_CAP];
     if (!authorize(c, req, user, sizeof user)) return SB_HTTP_DONE;
     static const char suffix[] = "/stream";
     sb_str_t t = x->tail;
@@ -957,7 +958,7 @@ static int handle_resume(sb_conn_t *c, sb_http_ctx_t *x)
     chat_rec_t *ch = (chat_rec_t *)map_get(&G.chats, chat);
     stream_rec_t *s = ch ? (stream_rec_t *)map_get(&G.streams, ch->stream) : NULL;
     /* Someone else's chat is answered like an unknown one. */
-    if (s && (!s->owner[0] || !strcmp(s->owner, user))) snprintf(id, sizeof id, "%s", s->n.key);
+    if (s && (!s->owner[0] || !strcmp(s->owner, user))) snprintf(id, sizeof id, "%.24s", s->n.key);
     pthread_mutex_unlock(&G.mu);
     if (!id[0]) {
         /* No Content-Length on a 204 (RFC 9110); the connection stays usable. */
@@ -1005,7 +1006,7 @@ static void stop_task(sb_loop_t *loop, void *a, void *b)
 
 static int handle_stop(sb_conn_t *c, sb_http_ctx_t *x)
 {
-    char user[KEY_CAP];
+    char user[USER_CAP];
     if (!authorize(c, x->req, user, sizeof user)) return SB_HTTP_DONE;
     char id[ID_HEX + 1];
     if (x->tail.len != ID_HEX) {
