@@ -266,6 +266,7 @@ typedef struct {
     bool chunked;    /* HTTP/1.1: chunked framing, so an error can end the body abnormally */
     bool keep_alive; /* the connection may serve the client's next request */
     bool stray;      /* the client sent bytes during the stream (pipelining): close after */
+    bool ended;      /* the response is complete: nothing more may be written */
     int64_t last_write_ms;
 } writer_t;
 
@@ -273,7 +274,9 @@ typedef struct {
 static void w_flush(writer_t *w)
 {
     sb_buf_t *b = &w->buf;
-    if (w->c && b->oom) {
+    if (w->ended) {
+        /* Past the end (a heartbeat while the last bytes drain): drop it. */
+    } else if (w->c && b->oom) {
         /* Bytes of the answer are lost: the client must not take the rest as whole. */
         sb_conn_close(w->c);
     } else if (w->c && b->len) {
@@ -304,7 +307,8 @@ static void w_flush(writer_t *w)
 static bool w_end(writer_t *w, bool clean)
 {
     sb_conn_t *c = w->c;
-    if (!c) return false;
+    if (!c || w->ended) return false;
+    w->ended = true;
     if (clean && w->chunked) sb_conn_send_copy(c, "0\r\n\r\n", 5);
     if (clean && w->keep_alive && !w->stray && !(c->flags & (SB_CONN_CLOSING | SB_CONN_ENDING))) {
         sb_http_accept(c);
@@ -328,7 +332,8 @@ static ssize_t w_on_data(sb_conn_t *c, char *buf, size_t len)
  * slow first token) open; the bare text format cannot carry one. */
 static void w_heartbeat(writer_t *w, int64_t now)
 {
-    if (!w->c || w->fmt == SB_AI_FMT_TEXT || now - w->last_write_ms < sb_cfg.heartbeat_ms) return;
+    if (!w->c || w->ended || w->fmt == SB_AI_FMT_TEXT || now - w->last_write_ms < sb_cfg.heartbeat_ms)
+        return;
     sb_buf_puts(&w->buf, ": hb\n\n");
     w_flush(w);
 }
