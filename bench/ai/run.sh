@@ -7,7 +7,8 @@
 # used; the reader and the upstream are Node processes and, at 1,000 streams,
 # part of what is measured on a small machine).
 #   bench/ai/run.sh [path/to/switchboard]     (default build/release/switchboard)
-# Env: TOKENS (50), INTERVAL ms between tokens (20), LEVELS ("1 100 1000"), WORKERS (2).
+# Env: TOKENS (50), INTERVAL ms between tokens (20), LEVELS ("1 100 1000"), WORKERS (2),
+# ROUNDS (measured rounds per level; default: about 3,000 tokens, 1-20 rounds).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -38,6 +39,7 @@ for n in $levels; do
   # About 3,000 measured tokens per path: more rounds for few streams (1-20).
   rounds=$(( 3000 / (n * tokens) ))
   rounds=$(( rounds < 1 ? 1 : (rounds > 20 ? 20 : rounds) ))
+  rounds=${ROUNDS:-$rounds}
   d=$(node "$here/client.mjs" --url "$up" --mode direct --streams "$n" --rounds "$rounds")
   r=$(node "$here/client.mjs" --url "http://127.0.0.1:$port" --mode relay --streams "$n" --rounds "$rounds")
   for line in "$d" "$r"; do
