@@ -35,7 +35,7 @@ export interface ChatStream extends AsyncIterable<string> {
   readonly streamId: Promise<string>;
   /** All text yielded so far. */
   readonly text: string;
-  /** Whether the stream had to resume from its channel. */
+  /** Whether text had to be recovered from the stream's channel after a drop. */
   readonly resumed: boolean;
   /** Stops the generation on the server and ends the iterator. */
   cancel(): Promise<void>;
@@ -128,17 +128,24 @@ export class AiClient {
           text += tail;
           yield tail;
         }
+        if (!id || opts.resume === false) return;
+        // A body read until the connection closes ends "cleanly" when cut: the
+        // channel says whether the answer is complete (a done event) or not.
+        yield* resume(id, text.length, true);
         return;
       } catch (err) {
         if (ac.signal.aborted) throw new SwitchboardError('aborted', 'The chat was cancelled.', false);
         if (!id || opts.resume === false) throw networkError(err, false);
       }
-      resumed = true;
-      yield* resume(id, text.length);
+      yield* resume(id, text.length, false);
     }
 
-    /** Replays the stream's channel from the start, yielding only what comes after `skip` characters. */
-    async function* resume(sid: string, skip: number): AsyncGenerator<string> {
+    /**
+     * Replays the stream's channel from the start, yielding only what comes after
+     * `skip` characters, until its done event. `verify`: the response ended
+     * normally; an empty channel then means there is nothing to check.
+     */
+    async function* resume(sid: string, skip: number, verify: boolean): AsyncGenerator<string> {
       const f = host.fetch();
       const channel = encodeURIComponent(`ai:${sid}`);
       const backoff = new Backoff({ baseMs: 250, capMs: 5000 });
@@ -153,7 +160,7 @@ export class AiClient {
           const token = await host.token();
           const res = await fetchWithTimeout(
             f,
-            joinUrl(host.url, `/v1/channels/${channel}/messages?since=${since}&limit=1000&wait=25`),
+            joinUrl(host.url, `/v1/channels/${channel}/messages?since=${since}&limit=1000&wait=${verify && since === '0' ? 0 : 25}`),
             { headers: authHeaders(token), cache: 'no-store' },
             25000 + host.requestTimeoutMs,
             ac.signal,
@@ -173,6 +180,7 @@ export class AiClient {
         }
         if (r.reset && since !== '0')
           throw new SwitchboardError('stream_lost', 'The stream history is gone; it cannot be resumed.', false);
+        if (verify && since === '0' && !(r.messages ?? []).length) return;
         for (const m of r.messages ?? []) {
           if (m.event === 'delta') {
             const t = deltaText(m.data);
@@ -181,6 +189,7 @@ export class AiClient {
             if (from < t.length) {
               const piece = t.slice(from);
               text += piece;
+              resumed = true;
               yield piece;
             }
           } else if (m.event === 'done') {

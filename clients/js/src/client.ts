@@ -127,6 +127,7 @@ interface ChannelEntry {
   resets: Set<(reason: string) => void>;
   errors: Set<(e: SwitchboardError) => void>;
   presence: Set<(e: PresenceEvent) => void>;
+  selves: Set<(clientId: string) => void>;
   presenceCount: number;
 }
 
@@ -203,6 +204,10 @@ export class SwitchboardClient {
         const e = this.channels.get(channel);
         if (e) for (const fn of [...e.errors]) fn(error);
         this.emitter.emit('error', { error, channel });
+      }),
+      ev.on('entered', ({ channel, clientId }) => {
+        const e = this.channels.get(channel);
+        if (e) for (const fn of [...e.selves]) fn(clientId);
       }),
       ev.on('open', () => this.pump()),
       this.link.status.subscribe((s) => {
@@ -326,7 +331,14 @@ export class SwitchboardClient {
     if (!e)
       this.channels.set(
         channel,
-        (e = { listeners: new Set(), resets: new Set(), errors: new Set(), presence: new Set(), presenceCount: 0 }),
+        (e = {
+          listeners: new Set(),
+          resets: new Set(),
+          errors: new Set(),
+          presence: new Set(),
+          selves: new Set(),
+          presenceCount: 0,
+        }),
       );
     return e;
   }
@@ -366,11 +378,13 @@ export class SwitchboardClient {
   }
 
   /** Used by Presence: presence events of a channel (the channel must be subscribed). */
-  onPresence(channel: string, fn: (e: PresenceEvent) => void): () => void {
+  onPresence(channel: string, fn: (e: PresenceEvent) => void, onSelf?: (clientId: string) => void): () => void {
     const e = this.entry(channel);
     e.presence.add(fn);
+    if (onSelf) e.selves.add(onSelf);
     return () => {
       e.presence.delete(fn);
+      if (onSelf) e.selves.delete(onSelf);
       this.release(channel);
     };
   }
@@ -499,8 +513,8 @@ export class SwitchboardClient {
     return new Presence<I, S>(
       {
         subscribe: (ch, o) => this.subscribe(ch, () => undefined, o),
-        onPresence: (ch, fn) => this.onPresence(ch, fn),
-        send: (ch, action, info, state) => this.link.presence(ch, action, info, state),
+        onPresence: (ch, fn, onSelf) => this.onPresence(ch, fn, onSelf),
+        send: (ch, action, info, state, userId) => this.link.presence(ch, action, info, state, userId),
         status: () => this.link.status.get(),
         onStatus: (fn) => this.link.status.subscribe(fn),
       },

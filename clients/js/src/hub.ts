@@ -61,6 +61,8 @@ export interface HubEvents {
   subscribeError: { channel: string; error: SwitchboardError };
   /** A connection opened (the outbox flushes on this). */
   open: TransportName;
+  /** This connection entered a channel's presence as member `clientId` (again after each reconnect). */
+  entered: { channel: string; clientId: string };
 }
 
 /** What a hub keeps per wanted channel. */
@@ -86,7 +88,7 @@ export class Hub {
   private readonly wants = new Map<string, Want>();
   private readonly cursors = new CursorTracker();
   /** Channels this hub entered presence on, with what to re-send after a reconnect. */
-  private readonly entered = new Map<string, { info: unknown; state: unknown }>();
+  private readonly entered = new Map<string, { info: unknown; state: unknown; userId?: string }>();
   private readonly backoff: Backoff;
   private transport: Transport | null = null;
   /** The transport being opened: its backlog counts before open() resolves. */
@@ -187,20 +189,30 @@ export class Hub {
   }
 
   /** Presence op; remembered so a reconnect enters again with the latest state. */
-  presence(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown> {
+  presence(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown> {
     if (action === 'leave') this.entered.delete(channel);
     else {
       const prev = this.entered.get(channel);
       this.entered.set(channel, {
         info: info !== undefined ? info : prev?.info,
         state: state !== undefined ? state : prev?.state,
+        userId: userId ?? prev?.userId,
       });
     }
     const t = this.transport;
-    if (!t) return Promise.reject(new SwitchboardError('not_connected', 'Not connected.', true));
+    // Not connected: the op is remembered above and applied when the connection opens.
+    if (!t) return Promise.resolve({ queued: true });
     if (!t.canPresence)
       return Promise.reject(new SwitchboardError('presence_unsupported', 'Presence needs the WebSocket transport.', false));
-    return t.presence(channel, action, info, state);
+    return t.presence(channel, action, info, state, userId).then((r) => {
+      this.noteEntered(channel, r);
+      return r;
+    });
+  }
+
+  private noteEntered(channel: string, r: unknown): void {
+    const id = (r as { clientId?: unknown } | undefined)?.clientId;
+    if (typeof id === 'string' && this.entered.has(channel)) this.events.emit('entered', { channel, clientId: id });
   }
 
   /** Closes the current connection and connects again at once (token refresh, forced switch). */
@@ -319,7 +331,8 @@ export class Hub {
     for (const ch of this.wants.keys()) if (!opened.includes(ch)) t.subscribe(ch);
     for (const ch of opened) if (!this.wants.has(ch)) t.unsubscribe(ch);
     if (t.canPresence)
-      for (const [ch, p] of this.entered) t.presence(ch, 'enter', p.info, p.state).catch(() => undefined);
+      for (const [ch, p] of this.entered)
+        t.presence(ch, 'enter', p.info, p.state, p.userId).then((r) => this.noteEntered(ch, r), () => undefined);
     this.status.dispatch({ type: 'open', transport: t.name });
     const stable = this.backoff.options.stableMs;
     this.stableTimer = setTimeout(() => this.backoff.reset(), stable);

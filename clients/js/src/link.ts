@@ -12,6 +12,6 @@ export interface Link {
   want(channel: string, opts: { since?: string; presence?: boolean }): void;
   unwant(channel: string): void;
   publish(item: PublishItem): Promise<PublishResult>;
-  presence(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown>;
+  presence(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown>;
   reconnectNow(reason: string): void;
 }

@@ -12,8 +12,13 @@ import type { Member, PresenceAction, PresenceEvent } from './types.js';
 import type { Timer } from './util.js';
 
 export interface PresenceOptions<I = Record<string, unknown>> {
-  /** This member's fixed info (name, color). With a JWT the server may use the token's instead. */
+  /** This member's fixed info (name, color). With a JWT the server uses the token's `info` instead. */
   info?: I;
+  /**
+   * The user this member is (development mode; with a JWT the token's `sub` is).
+   * Two tabs or a reload of one user then make one `user.enter`, not a flap.
+   */
+  userId?: string;
   /** Minimum interval between state sends, ms (default 60). */
   throttleMs?: number;
   /**
@@ -30,8 +35,8 @@ export interface PresenceOptions<I = Record<string, unknown>> {
 /** What Presence needs from the client. */
 export interface PresenceHost {
   subscribe(channel: string, o: { presence: boolean }): { unsubscribe(): void };
-  onPresence(channel: string, fn: (e: PresenceEvent) => void): () => void;
-  send(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown>;
+  onPresence(channel: string, fn: (e: PresenceEvent) => void, onSelf?: (clientId: string) => void): () => void;
+  send(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown>;
   status(): StatusInfo;
   onStatus(fn: (s: StatusInfo) => void): () => void;
 }
@@ -45,7 +50,7 @@ export interface PresenceEvents<I, S> {
 export class Presence<I = Record<string, unknown>, S = Record<string, unknown>> {
   readonly channel: string;
   private readonly host: PresenceHost;
-  private readonly opts: Required<Omit<PresenceOptions<I>, 'info' | 'enter'>> & { info?: I };
+  private readonly opts: Required<Omit<PresenceOptions<I>, 'info' | 'enter' | 'userId'>> & { info?: I; userId?: string };
   private readonly map = new Map<string, Member<I, S>>();
   private readonly emitter = new Emitter<PresenceEvents<I, S>>();
   private readonly sub: { unsubscribe(): void };
@@ -65,12 +70,23 @@ export class Presence<I = Record<string, unknown>, S = Record<string, unknown>> 
     this.channel = channel;
     this.opts = {
       info: opts.info,
+      userId: opts.userId,
       throttleMs: opts.throttleMs ?? 60,
       staleMs: opts.staleMs ?? 0,
       offlineClearMs: opts.offlineClearMs ?? 10000,
     };
     this.sub = host.subscribe(channel, { presence: true });
-    this.offs.push(host.onPresence(channel, (e) => this.onEvent(e)));
+    this.offs.push(
+      host.onPresence(
+        channel,
+        (e) => this.onEvent(e),
+        (id) => {
+          // The member id changes with every connection (and is shared by the tabs of one browser).
+          this.selfId = id;
+          this.changed();
+        },
+      ),
+    );
     this.offs.push(host.onStatus((s) => this.onStatus(s)));
     if (this.opts.staleMs > 0)
       this.staleTimer = setInterval(() => this.sweep(), Math.max(250, Math.min(5000, this.opts.staleMs / 2)));
@@ -104,7 +120,7 @@ export class Presence<I = Record<string, unknown>, S = Record<string, unknown>> 
     if (state !== undefined) this.state = state;
     this.entered = true;
     this.lastSent = Date.now();
-    const r = (await this.host.send(this.channel, 'enter', this.opts.info, this.state)) as
+    const r = (await this.host.send(this.channel, 'enter', this.opts.info, this.state ?? {}, this.opts.userId)) as
       | { clientId?: unknown; member?: { clientId?: unknown } }
       | undefined;
     const id = r?.clientId ?? r?.member?.clientId;
@@ -137,7 +153,13 @@ export class Presence<I = Record<string, unknown>, S = Record<string, unknown>> 
     this.lastSent = Date.now();
     const action: PresenceAction = this.entered ? 'update' : 'enter';
     this.entered = true;
-    this.host.send(this.channel, action, action === 'enter' ? this.opts.info : undefined, this.state).catch(() => undefined);
+    this.host
+      .send(this.channel, action, action === 'enter' ? this.opts.info : undefined, this.state ?? {}, this.opts.userId)
+      .then((r) => {
+        const id = (r as { clientId?: unknown } | undefined)?.clientId;
+        if (typeof id === 'string') this.selfId = id;
+      })
+      .catch(() => undefined);
   }
 
   /** Leaves the channel (the subscription stays until `close`). */

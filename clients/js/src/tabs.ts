@@ -61,7 +61,7 @@ interface TabState {
   /** When the leader last heard from this tab (a just-started tab may not hold its lock yet). */
   seen: number;
   wants: Map<string, WantOpts>;
-  presence: Map<string, { info: unknown; state: unknown }>;
+  presence: Map<string, { info: unknown; state: unknown; userId?: string }>;
 }
 
 interface PendingReq {
@@ -73,11 +73,11 @@ interface PendingReq {
 
 /** Wire messages on the BroadcastChannel. */
 type Wire =
-  | { t: 'hello'; from: string; wants: [string, WantOpts][]; presence: [string, unknown, unknown][] }
+  | { t: 'hello'; from: string; wants: [string, WantOpts][]; presence: [string, unknown, unknown, string | undefined][] }
   | { t: 'want'; from: string; ch: string; opts: WantOpts }
   | { t: 'unwant'; from: string; ch: string }
   | { t: 'pub'; from: string; rid: string; item: PublishItem }
-  | { t: 'pres'; from: string; rid: string; ch: string; action: PresenceAction; info: unknown; state: unknown }
+  | { t: 'pres'; from: string; rid: string; ch: string; action: PresenceAction; info: unknown; state: unknown; userId?: string }
   | { t: 'reconnect'; from: string; reason: string }
   | { t: 'bye'; from: string }
   | { t: 'leader'; id: string; to?: string; status: StatusInfo }
@@ -104,7 +104,7 @@ export class TabLink implements Link {
   private hub: Link | null = null;
   private leaderId: string | null = null;
   private readonly myWants = new Map<string, WantOpts>();
-  private readonly myPresence = new Map<string, { info: unknown; state: unknown }>();
+  private readonly myPresence = new Map<string, { info: unknown; state: unknown; userId?: string }>();
   private readonly pending = new Map<string, PendingReq>();
   private readonly tabs = new Map<string, TabState>();
   private stopAc: AbortController | null = null;
@@ -196,14 +196,14 @@ export class TabLink implements Link {
     return this.request((rid) => ({ t: 'pub', from: this.tabId, rid, item })) as Promise<PublishResult>;
   }
 
-  presence(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown> {
+  presence(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown> {
     if (action === 'leave') this.myPresence.delete(channel);
     else {
       const prev = this.myPresence.get(channel);
-      this.myPresence.set(channel, { info: info ?? prev?.info, state: state ?? prev?.state });
+      this.myPresence.set(channel, { info: info ?? prev?.info, state: state ?? prev?.state, userId: userId ?? prev?.userId });
     }
-    if (this.hub) return this.leaderPresence(this.tabId, channel, action, info, state);
-    return this.request((rid) => ({ t: 'pres', from: this.tabId, rid, ch: channel, action, info, state }));
+    if (this.hub) return this.leaderPresence(this.tabId, channel, action, info, state, userId);
+    return this.request((rid) => ({ t: 'pres', from: this.tabId, rid, ch: channel, action, info, state, userId }));
   }
 
   reconnectNow(reason: string): void {
@@ -226,7 +226,12 @@ export class TabLink implements Link {
       ch,
       { ...o, since: this.cfg.cursorOf(ch) ?? o.since },
     ]);
-    const presence: [string, unknown, unknown][] = [...this.myPresence].map(([ch, p]) => [ch, p.info, p.state]);
+    const presence: [string, unknown, unknown, string | undefined][] = [...this.myPresence].map(([ch, p]) => [
+      ch,
+      p.info,
+      p.state,
+      p.userId,
+    ]);
     this.post({ t: 'hello', from: this.tabId, wants, presence });
   }
 
@@ -313,8 +318,9 @@ export class TabLink implements Link {
     this.tabs.clear();
     this.tabs.set(this.tabId, { seen: Date.now(), wants: new Map(), presence: new Map() });
     for (const [ch, o] of this.myWants) this.leaderWant(this.tabId, ch, { ...o, since: this.cfg.cursorOf(ch) ?? o.since });
-    for (const [ch, p] of this.myPresence) this.leaderPresence(this.tabId, ch, 'enter', p.info, p.state).catch(() => undefined);
-    const names: (keyof HubEvents)[] = ['message', 'reset', 'presence', 'cursor', 'subscribeError', 'open'];
+    for (const [ch, p] of this.myPresence)
+      this.leaderPresence(this.tabId, ch, 'enter', p.info, p.state, p.userId).catch(() => undefined);
+    const names: (keyof HubEvents)[] = ['message', 'reset', 'presence', 'cursor', 'subscribeError', 'open', 'entered'];
     for (const name of names)
       this.offHub.push(
         hub.events.on(name, (value) => {
@@ -350,7 +356,8 @@ export class TabLink implements Link {
         this.tabs.set(w.from, st);
         for (const [ch, o] of w.wants) hub.want(ch, o);
         if (old) for (const ch of old.wants.keys()) if (!st.wants.has(ch)) this.dropChannelIfUnused(ch);
-        for (const [ch, info, state] of w.presence) this.leaderPresence(w.from, ch, 'enter', info, state).catch(() => undefined);
+        for (const [ch, info, state, userId] of w.presence)
+          this.leaderPresence(w.from, ch, 'enter', info, state, userId).catch(() => undefined);
         this.post({ t: 'leader', id: this.tabId, to: w.from, status: hub.status.get() });
         return;
       }
@@ -367,7 +374,7 @@ export class TabLink implements Link {
         );
         return;
       case 'pres':
-        this.leaderPresence(w.from, w.ch, w.action, w.info, w.state).then(
+        this.leaderPresence(w.from, w.ch, w.action, w.info, w.state, w.userId).then(
           (value) => this.post({ t: 'res', to: w.from, rid: w.rid, ok: true, value }),
           (e) => this.post({ t: 'res', to: w.from, rid: w.rid, ok: false, err: toWireError(e) }),
         );
@@ -414,15 +421,22 @@ export class TabLink implements Link {
    * Presence through one connection: the tabs are one member. It enters with the
    * first tab, takes the latest state any tab sets, and leaves with the last tab.
    */
-  private leaderPresence(from: string, ch: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown> {
+  private leaderPresence(
+    from: string,
+    ch: string,
+    action: PresenceAction,
+    info: unknown,
+    state: unknown,
+    userId?: string,
+  ): Promise<unknown> {
     const st = this.tab(from);
     if (action === 'leave') {
       st.presence.delete(ch);
       return this.presenceAfterLeave(ch);
     }
     const prev = st.presence.get(ch);
-    st.presence.set(ch, { info: info ?? prev?.info, state: state ?? prev?.state });
-    return this.hub!.presence(ch, action, info, state);
+    st.presence.set(ch, { info: info ?? prev?.info, state: state ?? prev?.state, userId: userId ?? prev?.userId });
+    return this.hub!.presence(ch, action, info, state, userId);
   }
 
   private presenceAfterLeave(ch: string): Promise<unknown> {

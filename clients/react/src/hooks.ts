@@ -176,6 +176,7 @@ export function usePresence(
     if (!client) return;
     const p = client.presence<{ id: string; name: string; color: string }, { cursor: Cursor | null }>(roomId, {
       info: { id, name, color },
+      userId: id,
       throttleMs,
       staleMs,
     });

@@ -69,7 +69,7 @@ export class SseTransport implements Transport {
     return this.publisher.publish(item);
   }
 
-  presence(_c: string, _a: PresenceAction, _i: unknown, _s: unknown): Promise<unknown> {
+  presence(_c: string, _a: PresenceAction, _i: unknown, _s: unknown, _u?: string): Promise<unknown> {
     return Promise.reject(new SwitchboardError('presence_unsupported', 'Presence needs the WebSocket transport.', false));
   }
 

@@ -71,7 +71,8 @@ export interface Transport {
   unsubscribe(channel: string): void;
   /** Publishes one item; rejects with a SwitchboardError whose `retryable` says what to do. */
   publish(item: PublishItem): Promise<PublishResult>;
-  presence(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown>;
+  /** A presence op; `userId` names the user in development mode (with auth the token's `sub` does). */
+  presence(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown>;
 }
 
 /** Builds a transport for a hub. */

@@ -145,8 +145,9 @@ export class WsTransport implements Transport {
     return { id: r.id, channel: item.channel };
   }
 
-  presence(channel: string, action: PresenceAction, info: unknown, state: unknown): Promise<unknown> {
+  presence(channel: string, action: PresenceAction, info: unknown, state: unknown, userId?: string): Promise<unknown> {
     const msg: Record<string, unknown> = { op: 'presence', channel, action };
+    if (userId !== undefined && action === 'enter') msg.userId = userId;
     if (info !== undefined) msg.info = info;
     if (state !== undefined) msg.state = state;
     return this.request(msg);
@@ -211,6 +212,17 @@ export class WsTransport implements Transport {
             action: m.action as 'enter',
             member: m.member as Omit<Member, 'lastSeen'>,
           });
+        return;
+      case 'presence.batch':
+        // Several changes of one channel in one frame, in order.
+        if (typeof m.channel === 'string' && Array.isArray(m.events))
+          for (const e of m.events as { action?: unknown; member?: unknown }[])
+            if (e && e.member && typeof e.member === 'object')
+              this.h.presence({
+                channel: m.channel,
+                action: e.action as 'enter',
+                member: e.member as Omit<Member, 'lastSeen'>,
+              });
         return;
       case 'presence.sync':
         if (typeof m.channel === 'string' && Array.isArray(m.members))
