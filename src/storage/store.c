@@ -708,9 +708,10 @@ static int timed_sync(sb_store_t *s, int fd)
     uint64_t t0 = sb_mono_us();
     int rc = s->io.fdatasync(fd) < 0 ? -errno : 0;
     uint64_t dt = sb_mono_us() - t0;
-    /* A smoothed fsync time for BATCH's group span; one slow sync (a
-     * journal commit, a neighbour's burst) moves it by an eighth. */
-    s->sync_avg_us = s->sync_avg_us ? (7 * s->sync_avg_us + dt) / 8 : dt;
+    /* A smoothed fsync time for BATCH's group span. A quarter weight lets
+     * it recover within a few syncs from one slow one (a journal commit, a
+     * neighbour's burst on a shared disk). */
+    s->sync_avg_us = s->sync_avg_us ? (3 * s->sync_avg_us + dt) / 4 : dt;
     atomic_fetch_add(&s->fsyncs, 1);
     atomic_store(&s->last_fsync_us, dt);
     stat_max(&s->max_fsync_us, dt);
@@ -875,6 +876,7 @@ static struct timespec mono_deadline(uint64_t at_us)
 static void *store_main(void *arg)
 {
     sb_store_t *s = arg;
+    bool woke_idle = true; /* the next group starts on an idle thread (BATCH gathers it) */
     pthread_mutex_lock(&s->q_mu);
     for (;;) {
         if (s->res_want > atomic_load(&s->reserved)) {
@@ -902,19 +904,23 @@ static void *store_main(void *arg)
                 pthread_cond_wait(&s->q_cv, &s->q_mu);
             }
             s->idle = false;
+            woke_idle = true;
             continue;
         }
-        if (s->o.fsync == SB_FSYNC_BATCH) {
-            /* Group commit: hold the group open while appends keep coming, so
-             * that one fdatasync covers them all. Close it as soon as no
-             * append has arrived for batch_quiet_us: the publishers are then
-             * waiting for this group's acknowledgements, and waiting longer
-             * only adds latency (a fixed window caps a closed loop at one
-             * round per window). While appends keep coming, close it once its
-             * oldest record has waited about one fsync (never more than the
-             * window): from then on the next group gathers during this
-             * group's fsync, so disk and CPU overlap as in ALWAYS. The
-             * reasons and measurements are in docs/storage.md. */
+        if (s->o.fsync == SB_FSYNC_BATCH && woke_idle) {
+            /* Group commit for a burst: a group that starts on an idle thread
+             * stays open while appends keep coming, so that one fdatasync
+             * covers the whole burst (ALWAYS would sync its first arrivals
+             * alone and make the rest wait for a second fsync). It closes as
+             * soon as no append has arrived for batch_quiet_us: the
+             * publishers are then waiting for this group's acknowledgements,
+             * and waiting longer only adds latency (a fixed window caps a
+             * closed loop at one round per window). Under a steady stream it
+             * closes after about one fsync time (never past the window):
+             * longer would only keep the disk idle. Records that queued while
+             * the thread was busy go at once, as in ALWAYS: they gathered
+             * during the previous fsync. docs/storage.md has the reasons and
+             * the measurements. */
             uint64_t span = s->sync_avg_us > s->o.batch_quiet_us ? s->sync_avg_us
                                                                   : s->o.batch_quiet_us;
             if (span > s->o.batch_window_us) span = s->o.batch_window_us;
@@ -927,6 +933,7 @@ static void *store_main(void *arg)
                 pthread_cond_timedwait(&s->q_cv, &s->q_mu, &ts);
             }
         }
+        woke_idle = false;
         node_t *batch = s->q_head;
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
