@@ -250,3 +250,43 @@ test('the retry limit: gives up and says so', async () => {
   assert.ok(retries >= 3);
   c.close();
 });
+
+test('sse: adding channels restarts the stream without losing or repeating messages, and a live channel gets no old ones', { timeout: 30000 }, async () => {
+  const c = createClient({ url: srv.base, ...base, transports: 'sse' });
+  const a = [];
+  c.subscribe('sse-a', (m) => a.push(m.data.n));
+  await waitFor(() => c.status.status === 'open');
+  await sleep(200);
+  let n = 0;
+  for (; n < 5; n++) await srv.publish('sse-a', { n });
+  await waitFor(() => a.length === 5);
+  // Newer than the stream's cursor (the last message of sse-a), older than the subscription.
+  for (let k = 0; k < 5; k++) await srv.publish('sse-old', { n: -1 - k });
+  const old = [];
+  c.subscribe('sse-old', (m) => old.push(m.data.n));
+  await sleep(300);
+  let stop = false;
+  const pump = (async () => {
+    while (!stop) {
+      await srv.publish('sse-a', { n: n++ });
+      await sleep(15);
+    }
+  })();
+  await waitFor(() => a.length >= 15);
+  const others = [];
+  for (const ch of ['sse-b', 'sse-c', 'sse-d']) {
+    c.subscribe(ch, (m) => others.push(m.data));
+    await sleep(60);
+  }
+  await sleep(300);
+  await srv.publish('sse-old', { n: 100 });
+  await srv.publish('sse-d', 'd1');
+  stop = true;
+  await pump;
+  await waitFor(() => a.length >= n && old.length >= 1 && others.length >= 1, { what: 'all' });
+  await sleep(200);
+  assert.deepEqual(a, [...Array(n).keys()], 'the first channel lost and repeated nothing across the restarts');
+  assert.deepEqual(old, [100], 'a live subscription got no old messages');
+  assert.deepEqual(others, ['d1']);
+  c.close();
+});

@@ -10,7 +10,7 @@ import type { Member, Message, PresenceAction, PublishItem, PublishResult } from
 import { SwitchboardError } from '../types.js';
 import { compareIds, joinUrl, type Timer } from '../util.js';
 import { SseParser, type SseEvent } from '../sse-parser.js';
-import { authHeaders, errorFromResponse, networkError, probe, SerialPublisher } from './http.js';
+import { authHeaders, channelPath, errorFromResponse, fetchWithTimeout, networkError, probe, SerialPublisher } from './http.js';
 import type { Transport, TransportContext, TransportHandlers } from './transport.js';
 
 export class SseTransport implements Transport {
@@ -40,6 +40,7 @@ export class SseTransport implements Transport {
       // No stream to hold open: being able to reach the server is "open".
       await probe(this.ctx);
     } else {
+      await this.pinLiveChannels();
       await this.startStream();
     }
     if (this.closed) throw new SwitchboardError('closed', 'Closed while opening.', false);
@@ -81,7 +82,9 @@ export class SseTransport implements Transport {
       if (this.closed) return;
       this.stopStream();
       if (this.channels.size === 0) return;
-      this.startStream().catch(() => this.fail('connection_lost'));
+      this.pinLiveChannels()
+        .then(() => (this.closed ? undefined : this.startStream()))
+        .catch(() => this.fail('connection_lost'));
     }, 5);
   }
 
@@ -99,6 +102,36 @@ export class SseTransport implements Transport {
     if ([...this.channels].some((ch) => this.ctx.presenceWanted(ch))) q.push('presence=1');
     if (since !== undefined) q.push(`since=${encodeURIComponent(since)}`);
     return joinUrl(this.ctx.baseUrl, `/v1/sse?${q.join('&')}`);
+  }
+
+  /**
+   * One stream has one resume point, the oldest channel cursor. A channel
+   * subscribed live next to channels that resume would be replayed from there,
+   * maybe hours back; so first its current last id becomes its cursor.
+   */
+  private async pinLiveChannels(): Promise<void> {
+    const all = [...this.channels];
+    const live = all.filter((ch) => this.ctx.since(ch) === undefined);
+    if (live.length === 0 || live.length === all.length) return;
+    await Promise.all(
+      live.map(async (ch) => {
+        const res = await fetchWithTimeout(
+          this.ctx.fetch,
+          joinUrl(this.ctx.baseUrl, `/v1/channels/${channelPath(ch)}`),
+          { headers: authHeaders(this.ctx.token), cache: 'no-store' },
+          this.ctx.requestTimeoutMs,
+        );
+        if (res.status !== 200) throw await errorFromResponse(res);
+        const info = (await res.json()) as { last?: { id?: unknown } | null };
+        const last = info.last && typeof info.last.id === 'string' ? info.last.id : '0';
+        // Ids are one increasing sequence: whatever the channel gets from now on is
+        // newer than both its last message and anything this client has seen, so
+        // the larger of the two is exact and keeps the stream's resume point high.
+        const top = this.ctx.latest();
+        const id = top !== undefined && compareIds(top, last) > 0 ? top : last;
+        if (this.ctx.since(ch) === undefined) this.h.cursor(ch, id);
+      }),
+    );
   }
 
   /** Opens a stream; resolves when its first bytes arrive (a proxy that buffers never gets there). */
