@@ -276,7 +276,7 @@ export class SwitchboardClient {
 
   // ---- lifecycle and status ----
 
-  /** Starts connecting (done by the constructor unless `autoConnect: false`). */
+  /** Starts connecting (done by the constructor unless `autoConnect: false`); after the retry limit, starts over. */
   connect(): void {
     if (this.closed) throw new Error('switchboard: the client is closed');
     this.link.start();

@@ -117,9 +117,17 @@ export class Hub {
     return this.status.get();
   }
 
-  /** Starts connecting (idempotent). */
+  /** Starts connecting; after the client gave up (retry limit), starts over. Otherwise idempotent. */
   start(): void {
-    if (this.running) return;
+    if (this.running) {
+      const s = this.status.get();
+      if (s.status === 'closed' && s.reason !== 'offline' && !this.transport) {
+        this.status.dispatch({ type: 'start' });
+        this.backoff.reset();
+        void this.attempt();
+      }
+      return;
+    }
     this.running = true;
     this.watchNetwork();
     this.status.dispatch({ type: 'start' });
@@ -450,6 +458,9 @@ export class Hub {
     const online = () => {
       if (!this.running) return;
       this.backoff.reset();
+      // Back online is a reason to try again, also after the retry limit was reached.
+      if (this.status.get().status === 'closed' && this.status.get().reason !== 'offline')
+        this.status.dispatch({ type: 'start' });
       this.status.dispatch({ type: 'online' });
       if (!this.transport) void this.attempt();
     };

@@ -134,7 +134,10 @@ export class TabLink implements Link {
   }
 
   start(): void {
-    if (this.running) return;
+    if (this.running) {
+      this.hub?.start(); // after a give-up: the leader starts over
+      return;
+    }
     this.running = true;
     this.status.dispatch({ type: 'start' });
     const ac = new AbortController();

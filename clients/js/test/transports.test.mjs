@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { Proxy, Server, WebSocket, sdk, sleep, waitFor } from './lib/harness.mjs';
+import { Proxy, Server, WebSocket, freePort, sdk, sleep, waitFor } from './lib/harness.mjs';
 
 let srv, createClient;
 before(async () => {
@@ -237,9 +237,10 @@ test('offline event: closes at once and queues; online event: reconnects without
   }
 });
 
-test('the retry limit: gives up and says so', async () => {
-  const port = srv.port;
-  const dead = `http://127.0.0.1:${port + 1 === 65536 ? port - 1 : port + 1}`;
+test('the retry limit: gives up and says so; connect() starts over', async () => {
+  const later = new Server([]);
+  later.port = await freePort();
+  const dead = `http://127.0.0.1:${later.port}`;
   const c = createClient({ url: dead, ...base, transports: 'ws', reconnect: { baseMs: 100, capMs: 200, maxRetries: 3 } });
   const seen = [];
   c.onStatus((s) => seen.push(`${s.status}:${s.reason ?? ''}`));
@@ -248,7 +249,11 @@ test('the retry limit: gives up and says so', async () => {
   assert.ok(seen.some((s) => s.startsWith('connecting:')), 'it tried');
   const retries = seen.filter((s) => s.startsWith('connecting:connect')).length;
   assert.ok(retries >= 3);
+  await later.start();
+  c.connect();
+  await waitFor(() => c.status.status === 'open', { what: 'open after starting over' });
   c.close();
+  await later.stop();
 });
 
 test('sse: adding channels restarts the stream without losing or repeating messages, and a live channel gets no old ones', { timeout: 30000 }, async () => {
