@@ -6,6 +6,7 @@
 #include "config/config.h"
 #include "history/history.h"
 #include "http/http.h"
+#include "presence/presence.h"
 #include "sse/sse.h"
 #include "ws/ws.h"
 
@@ -18,6 +19,7 @@ int sb_server_init(void)
     sb_sse_init();
     sb_ws_init();
     if (sb_ai_relay_init() < 0) return -1;
+    sb_presence_init();
     return 0;
 }
 
