@@ -57,17 +57,7 @@ static bool element_hash(const char *tag, char *out, size_t cap)
 
 static int handle_console(sb_conn_t *c, sb_http_ctx_t *x)
 {
-    /* The router treats a route ending in '/' as a prefix, so "/" is the
-     * fallback of every GET or HEAD that no longer route claims (longest
-     * match wins). Only "/" itself is the page; other paths get a 404. Two
-     * answers differ from a router without "/", and only the router can make
-     * "/" exact: a GET on a path whose routes take other methods only (GET
-     * /v1/ai/chat) is a 404 here instead of a 405, and a POST to an unknown
-     * path is a 405 instead of a 404. */
-    if (x->tail.len != 0) {
-        sb_http_error(c, SB_ERR_NOT_FOUND);
-        return SB_HTTP_DONE;
-    }
+    /* "/" is an exact route (the router never treats it as a prefix). */
     if (!console_ready) {
         sb_http_error_msg(c, SB_ERR_INTERNAL, "The console page is not available in this build.");
         return SB_HTTP_DONE;

@@ -46,7 +46,9 @@ void sb_http_route(const char *path, unsigned methods, sb_http_handler_t fn)
     route_t *r = &routes[nroutes++];
     snprintf(r->path, sizeof r->path, "%s", path);
     r->len = strlen(r->path);
-    r->prefix = r->len && r->path[r->len - 1] == '/';
+    /* "/" alone is exact (the console page), not a prefix of every path:
+     * otherwise an unknown path would answer 405 to a POST instead of 404. */
+    r->prefix = r->len > 1 && r->path[r->len - 1] == '/';
     r->methods = methods;
     r->fn = fn;
 }

@@ -82,11 +82,9 @@ test('GET / serves the page with strict headers; other paths stay 404, longer ro
   assert.match(raw, /\r\n\r\nok$/);
 });
 
-// The router treats a route ending in '/' as a prefix, so the console's "/"
-// answers every GET that no longer route takes: a GET on a POST-only path is
-// its 404, not the 405 the router gives without "/". Fixed when the router
-// treats "/" alone as an exact route (src/http/server.c, sb_http_route).
-test('GET on a POST-only route is still a 405 with the console registered', { todo: 'needs the router to treat "/" as an exact route' }, async () => {
+// "/" is an exact route: it must not swallow the 405 of a POST-only path
+// or turn a POST to an unknown path into a 405.
+test('GET on a POST-only route is still a 405 with the console registered', async () => {
   assert.equal((await fetch(`${srv.base}/v1/ai/chat`)).status, 405);
   assert.equal((await fetch(`${srv.base}/nope`, { method: 'POST', body: 'x' })).status, 404);
 });
