@@ -61,7 +61,15 @@ int main(int argc, char **argv)
      * which publishes report as 507, instead of killing the process. */
     signal(SIGXFSZ, SIG_IGN);
 
-    sb_net.max_conns = sb_cfg.max_connections > 0 ? sb_cfg.max_connections : fd_budget();
+    /* Never above the descriptor budget: at a real EMFILE with several loops,
+     * libuv's reserve-descriptor trick can be lost to another loop and the
+     * accept callback then spins. At the cap we answer 503 instead. */
+    int64_t budget = fd_budget();
+    sb_net.max_conns = budget;
+    if (sb_cfg.max_connections > 0 && sb_cfg.max_connections <= budget) sb_net.max_conns = sb_cfg.max_connections;
+    else if (sb_cfg.max_connections > budget)
+        sb_warn("--max-connections is above the open-file limit; lowered to fit it", "requested=%lld max_connections=%lld",
+                (long long)sb_cfg.max_connections, (long long)budget);
     if (sb_cfg.tls_cert[0] || sb_cfg.tls_key[0]) {
         if (!sb_cfg.tls_cert[0] || !sb_cfg.tls_key[0]) {
             fprintf(stderr, "switchboard: --tls-cert and --tls-key go together\n");

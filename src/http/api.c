@@ -68,7 +68,6 @@ static bool may_publish(sb_conn_t *c, const sb_http_req_t *req, sb_str_t channel
 
 typedef struct {
     sb_conn_t *c;
-    uint64_t conn_id;
     char channel[130];
 } pub_ctx_t;
 
@@ -81,13 +80,12 @@ static void reply_published(sb_conn_t *c, const char *channel, uint64_t seq)
 }
 
 /* The durable store acknowledged (on the publisher's loop). The connection
- * may be gone: it was kept open by async_begin, and its id tells us if the
- * pointer still means the same connection. */
+ * may have closed meanwhile: its hold kept the memory valid until now. */
 static void publish_durable_cb(void *ud, int status, uint64_t seq)
 {
     pub_ctx_t *p = ud;
     sb_conn_t *c = p->c;
-    if (c->id == p->conn_id && sb_http_alive(c)) {
+    if (sb_conn_release(c) && sb_http_alive(c)) {
         if (status == 0) reply_published(c, p->channel, seq);
         else sb_http_error(c, SB_ERR_STORAGE_FAILED);
         sb_http_async_end(c);
@@ -203,7 +201,6 @@ static int handle_publish(sb_conn_t *c, sb_http_ctx_t *x, const char *channel, s
     int r = -1;
     if (pc) {
         pc->c = c;
-        pc->conn_id = c->id;
         memcpy(pc->channel, channel, chlen + 1);
         r = sb_broker_publish(&p, &seq, &why, publish_durable_cb, pc);
     } else {
@@ -213,6 +210,7 @@ static int handle_publish(sb_conn_t *c, sb_http_ctx_t *x, const char *channel, s
     free(data_text);
     sb_buf_free(&sbuf);
     if (r == 0) {
+        sb_conn_hold(c); /* publish_durable_cb releases */
         sb_http_async_begin(c);
         return SB_HTTP_ASYNC;
     }

@@ -450,7 +450,26 @@ static void close_cb(uv_handle_t *h)
         SB_STAT_ADD(loop, conns_open, -1);
     }
     SB_STAT_ADD(loop, conns_closed, 1);
+    if (c->holds) {
+        /* An acknowledgement still on its way refers to this connection: keep
+         * the memory, marked dead, until it arrives (sb_conn_release). */
+        c->ops = NULL;
+        c->proto = NULL;
+        c->flags |= SB_CONN_DEAD | SB_CONN_CLOSING;
+        return;
+    }
     free(c);
+}
+
+void sb_conn_hold(sb_conn_t *c) { c->holds++; }
+
+bool sb_conn_release(sb_conn_t *c)
+{
+    if (--c->holds == 0 && (c->flags & SB_CONN_DEAD)) {
+        free(c);
+        return false;
+    }
+    return !(c->flags & (SB_CONN_DEAD | SB_CONN_CLOSING));
 }
 
 void sb_conn_close(sb_conn_t *c)
@@ -725,8 +744,10 @@ static void on_connection(uv_stream_t *server, int status)
 {
     sb_loop_t *loop = server->data;
     if (status < 0) {
-        /* EMFILE/ENFILE: libuv already sheds the pending connection with its
-         * reserve descriptor, so this never spins; we count and log once a second. */
+        /* EMFILE/ENFILE: libuv sheds the pending connection with its reserve
+         * descriptor. main.c keeps --max-connections under the open-file limit
+         * so this takes descriptors used by something else (storage, AI
+         * upstreams); we count and log once a second. */
         SB_STAT_ADD(loop, conns_refused, 1);
         sb_log_ratelimited(SB_LOG_WARN, 1000, "accept failed", "err=%s open=%lld",
                            uv_err_name(status), (long long)atomic_load(&sb_net.conns_open));

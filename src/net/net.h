@@ -56,6 +56,7 @@ enum {
     SB_CONN_SHUTDOWN = 1 << 5,  /* write side shut down; discarding input until EOF */
     SB_CONN_REFUSED = 1 << 6,   /* accepted over the cap: answer 503 and close */
     SB_CONN_REPROCESS = 1 << 7, /* run on_data over buffered input at the next flush pass */
+    SB_CONN_DEAD = 1 << 8,      /* closed; the struct lives on only for its holders */
 };
 
 struct sb_conn {
@@ -82,6 +83,7 @@ struct sb_conn {
     void *tls;             /* SSL* when serving TLS, else NULL */
     uint32_t enc_upto;     /* TLS: queue entries [0, enc_upto) are ciphertext */
     bool tls_closing;      /* TLS: close_notify sent */
+    uint32_t holds;        /* sb_conn_hold references: memory kept past the close */
 };
 
 /* Per-loop counters. Each is written only by its loop's thread (relaxed
@@ -190,6 +192,12 @@ void sb_conn_send_copy(sb_conn_t *c, const void *p, size_t len);
 /* Closes now, dropping queued output. Safe to call more than once and from
  * inside any callback; the memory goes in uv_close's callback. */
 void sb_conn_close(sb_conn_t *c);
+/* Keeps the connection's memory valid across an asynchronous step (a durable
+ * publish's acknowledgement) even if it closes meanwhile. Call on its loop.
+ * sb_conn_release drops the hold and says whether the connection is still
+ * open; after false, `c` must not be touched again. */
+void sb_conn_hold(sb_conn_t *c);
+bool sb_conn_release(sb_conn_t *c);
 /* Closes once everything queued has been written (then a FIN, a short linger
  * that discards input, and close). */
 void sb_conn_end(sb_conn_t *c);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "auth/auth.h"
+#include "auth/limits.h"
 #include "config/config.h"
 #include "ws/frame.h"
 
@@ -34,6 +35,7 @@ struct sb_ws {
     /* publish rate limit (token bucket) */
     double tokens;
     int64_t tokens_ms;
+    int64_t hold_until; /* over the rate: nothing more is read until then */
     /* JSON protocol */
     ws_sub_t **subs;
     uint32_t nsubs, cap;
@@ -143,6 +145,7 @@ void sb_ws_reply_ok(sb_ws_t *ws, const cJSON *ref, const char *extra)
 void sb_ws_reply_error(sb_ws_t *ws, const cJSON *ref, sb_err_t err, const char *message)
 {
     const sb_err_info_t *e = sb_err_info(err);
+    sb_limits_count_error(err);
     sb_buf_t b = {0};
     sb_buf_puts(&b, "{\"op\":\"error\"");
     append_ref(&b, ref);
@@ -412,7 +415,6 @@ static void op_unsubscribe(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
 
 typedef struct {
     sb_conn_t *c;
-    uint64_t conn_id;
     cJSON *ref;
 } ws_pub_t;
 
@@ -420,7 +422,7 @@ static void ws_published(void *ud, int status, uint64_t seq)
 {
     ws_pub_t *p = ud;
     sb_conn_t *c = p->c;
-    if (c->id == p->conn_id && !(c->flags & SB_CONN_CLOSING) && c->proto) {
+    if (sb_conn_release(c) && c->proto) {
         sb_ws_t *ws = c->proto;
         if (status == 0) {
             char extra[48], id[24];
@@ -443,7 +445,13 @@ static bool rate_ok(sb_ws_t *ws)
     ws->tokens += (double)(now - ws->tokens_ms) * rate / 1000.0;
     if (ws->tokens > rate) ws->tokens = rate; /* burst of one second */
     ws->tokens_ms = now;
-    if (ws->tokens < 1) return false;
+    if (ws->tokens < 1) {
+        /* As over HTTP: read nothing more from this connection until its
+         * bucket holds a token again, so a client sending publishes back to
+         * back is slowed by TCP instead of costing a parse and an error each. */
+        ws->hold_until = now + (int64_t)((1.0 - ws->tokens) * 1000.0 / rate) + 1;
+        return false;
+    }
     ws->tokens -= 1;
     return true;
 }
@@ -485,12 +493,15 @@ static void op_publish(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
     sb_err_t why = SB_ERR_INTERNAL;
     int r = -1;
     if (pc) {
-        *pc = (ws_pub_t){ws->c, ws->c->id, ref ? cJSON_Duplicate(ref, true) : NULL};
+        *pc = (ws_pub_t){ws->c, ref ? cJSON_Duplicate(ref, true) : NULL};
         SB_STAT_ADD(ws->c->loop, messages_in, 1);
         r = sb_broker_publish(&p, &seq, &why, ws_published, pc);
     }
     free(text);
-    if (r == 0) return; /* acknowledged once durable */
+    if (r == 0) {
+        sb_conn_hold(ws->c); /* acknowledged once durable: ws_published releases */
+        return;
+    }
     if (pc) {
         cJSON_Delete(pc->ref);
         free(pc);
@@ -604,6 +615,10 @@ static ssize_t ws_on_data(sb_conn_t *c, char *buf, size_t len)
     ws->last_rx_ms = c->loop->now_ms;
     if (hooks.alive) hooks.alive(ws);
     while (off < len && !ws->close_sent) {
+        if (ws->hold_until > c->loop->now_ms) {
+            sb_conn_pause(c); /* over --publish-rate: ws_on_tick resumes it */
+            break;
+        }
         sb_ws_frame_t f;
         int code = 0;
         int hl = sb_ws_frame_parse((const uint8_t *)buf + off, len - off, true, ws->deflate_rx,
@@ -702,6 +717,12 @@ static void ws_on_tick(sb_conn_t *c, int64_t now)
 {
     sb_ws_t *ws = c->proto;
     if (ws->close_sent) return;
+    if (ws->hold_until && now >= ws->hold_until) {
+        ws->hold_until = 0;
+        ws->last_rx_ms = now; /* held by us, not silent */
+        sb_conn_resume(c);
+        if (c->in_len) sb_conn_reprocess(c);
+    }
     if (now - ws->last_rx_ms >= 2 * sb_cfg.ws_ping_ms) {
         /* Nothing heard for two ping intervals: the peer is gone. */
         sb_conn_close(c);
@@ -724,15 +745,18 @@ static void ws_on_close(sb_conn_t *c)
     if (ws->room) {
         sb_broker_unsubscribe(&ws->room->sub);
         if (ws->room_user[0]) {
-            char leave[200];
-            int n = ws->room_user_is_num
-                        ? snprintf(leave, sizeof leave, "{\"type\":\"leave\",\"userId\":%s}", ws->room_user)
-                        : snprintf(leave, sizeof leave, "{\"type\":\"leave\",\"userId\":\"%s\"}", ws->room_user);
+            /* The id came from the client: escape it, it is put back into JSON. */
+            sb_buf_t leave = {0};
+            sb_buf_puts(&leave, "{\"type\":\"leave\",\"userId\":");
+            if (ws->room_user_is_num) sb_buf_puts(&leave, ws->room_user);
+            else sb_buf_json_str(&leave, ws->room_user, strlen(ws->room_user));
+            sb_buf_puts(&leave, "}");
             sb_pub_t pub = {.channel = sb_str(ws->room->name, ws->room->name_len),
-                            .data = sb_str(leave, (size_t)n), .raw_flags = SB_MSG_RAW, .origin = c->id};
+                            .data = sb_str(leave.p, leave.len), .raw_flags = SB_MSG_RAW, .origin = c->id};
             uint64_t seq;
             sb_err_t why;
-            sb_broker_publish(&pub, &seq, &why, NULL, NULL);
+            if (leave.p) sb_broker_publish(&pub, &seq, &why, NULL, NULL);
+            sb_buf_free(&leave);
         }
         free(ws->room);
     }

@@ -59,10 +59,11 @@ const port = Number(process.argv[1]), token = process.argv[2];
 const from = '127.0.4.1';
 let running = false;
 const sockets = new Set();
-const stats = { requests: 0, r201: 0, r429: 0, wsSent: 0, wsLimited: 0, conns: 0, conns429: 0, conns408: 0 };
+const stats = { requests: 0, r201: 0, r429: 0, httpConns: 0, wsSent: 0, wsLimited: 0, conns: 0, conns429: 0, conns408: 0 };
 function track(s) { sockets.add(s); s.on('close', () => sockets.delete(s)); s.on('error', () => {}); return s; }
 function httpFlood() {
   const s = track(net.connect({ port, host: '127.0.0.1', localAddress: from }));
+  stats.httpConns++;
   const body = '{"data":"spam"}';
   const req = 'POST /v1/channels/spam:1/messages HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer ' + token +
     '\\r\\nContent-Type: application/json\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n' + body;
@@ -292,7 +293,12 @@ describe('flood', () => {
     // held to --publish-rate (its connection is not even read while it is
     // over), the connection flood meets --max-conns-per-ip. How much the
     // attacker manages depends on the CPU it gets, so only totals are checked.
-    for (const r of m.reports) assert.ok(r.r201 <= 20 * (PHASE_MS + SETTLE_MS) / 1000 + 25, `publishes held to the rate: ${JSON.stringify(r)}`);
+    // The bucket is per connection: each new one (the flooder reconnects when
+    // a refusal closes its socket) starts with a full second's burst.
+    for (const r of m.reports) {
+      assert.ok(r.r201 <= 20 * (PHASE_MS + SETTLE_MS) / 1000 + 20 * Math.max(1, r.httpConns) + 5,
+        `publishes held to the rate: ${JSON.stringify(r)}`);
+    }
     assert.ok(m.total.r429 > 0, `the publish flood was refused: ${JSON.stringify(m.total)}`);
     assert.ok(m.total.conns > 200, `the connection flood opened connections: ${JSON.stringify(m.total)}`);
     const after0 = await (await fetch(`${srv.base}/api/metrics`)).json();
@@ -301,14 +307,9 @@ describe('flood', () => {
     assert.ok(m.am < m.bound, `p99 under attack ${m.am.toFixed(1)} ms vs quiet ${m.qm.toFixed(1)} ms`);
   });
 
-  // The WebSocket transport answers every publish over the rate with an error
-  // frame and goes on reading, so one client sending publish ops back to back
-  // keeps a loop busy: measured here, the subscribers' p99 went from about
-  // 15 ms to 70-400 ms. The HTTP layer instead stops reading a connection that
-  // is over its rate until its bucket refills; ws.c needs the same (pause the
-  // connection where rate_ok fails, resume it from ws_on_tick).
-  test('a WebSocket publish flood leaves 200 subscribers\' p99 under 2x and drops none',
-    { skip: 'issue 6: WebSocket publishes over --publish-rate are refused one by one, the reader is never paused' }, async () => {
+  // A WebSocket client over its rate gets one rate_limited error, then the
+  // server reads nothing more from it until its bucket refills (as over HTTP).
+  test('a WebSocket publish flood leaves 200 subscribers\' p99 under 2x and drops none', async () => {
       const m = await measure(['ws']);
       for (const r of m.reports) assert.ok(r.wsSent > 0, JSON.stringify(r));
       assert.ok(m.am < m.bound, `p99 under attack ${m.am.toFixed(1)} ms vs quiet ${m.qm.toFixed(1)} ms`);
@@ -397,24 +398,22 @@ describe('open-file limit', () => {
   });
 
   // With two loops, libuv's EMFILE trick (close a reserve descriptor, accept
-  // and drop the pending connection, reopen the reserve) races: the other loop
-  // can take the freed descriptor, the reopen fails, and from then on
-  // uv__server_io calls on_connection(UV_EMFILE) in a tight loop without
-  // returning, so both loops spin at 100% and never close anything again
-  // (seen here about one run in five). Until --max-connections is clamped to
-  // the descriptor budget, or net.c sheds the pending connection itself:
-  test('past the open-file limit itself (a --max-connections above it): shed without spinning, then served again',
-    { skip: 'issue 6: at EMFILE with two loops, libuv\'s reserve-descriptor trick can be lost and the accept loop spins' }, async () => {
+  // and drop the pending connection, reopen the reserve) races: another loop
+  // can take the freed descriptor and the accept callback then spins. So the
+  // server lowers a --max-connections above its descriptor budget to fit it.
+  test('a --max-connections above the open-file limit is lowered to fit: shed without spinning, then served again', async () => {
     const srv = await startLimited(128, ['--workers', '2', '--max-connections', '100000']);
     try {
       const all = await Promise.all(Array.from({ length: 160 }, () => hold(srv.port)));
       const served = all.filter((h) => h.status === 200).length;
-      assert.ok(served > 20 && served < 160, `some served (${served}), the rest shed by the kernel-level limit`);
+      assert.ok(served > 20 && served < 160, `some served (${served}), the rest refused`);
+      assert.match(srv.log(), /--max-connections is above the open-file limit; lowered to fit it/);
+      assert.ok(all.filter((h) => h.status === 503).length > 0, 'the rest got 503 overloaded');
       const cpu0 = cpuSeconds(srv.pid);
       await sleep(1000);
-      assert.ok(cpuSeconds(srv.pid) - cpu0 < 0.3, 'no busy loop at EMFILE');
+      assert.ok(cpuSeconds(srv.pid) - cpu0 < 0.3, 'no busy loop at the limit');
       for (const h of all) h.s.destroy();
-      await waitFor(() => servedOnce(srv.port), { what: 'service after EMFILE' });
+      await waitFor(() => servedOnce(srv.port), { what: 'service after the limit' });
       const r = await fetch(`${srv.base}/healthz`);
       assert.equal(r.status, 200);
       const cpu1 = cpuSeconds(srv.pid);
