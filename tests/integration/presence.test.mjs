@@ -306,6 +306,7 @@ describe('presence', () => {
       });
       out({ last, ticks: n }); // the open sockets keep this process (and its members) alive
     `, { n: N, url, ch: CH, rateMs: RATE_MS, duration: DURATION });
+    try {
     await waitFor(() => senders.lines.length >= 1, { timeout: 10000, what: 'senders ready' });
     await waitFor(() => observers.every((o) => o.view.members.size === N), { what: 'all members entered' });
     for (const o of observers) o.view.updates.clear();
@@ -333,13 +334,21 @@ describe('presence', () => {
       `batches seen: ${observers.map((o) => o.view.batches).join(',')}`);
     assert.ok(perMember <= DURATION / THROTTLE + 2, `${perMember} updates per member exceed one per ${THROTTLE} ms`);
     assert.ok(worstCount <= 1, `a member had ${worstCount} updates more than its 60 ms windows allow`);
-    assert.ok(tooClose <= gaps * 0.01, `${tooClose} of ${gaps} gaps were under ${THROTTLE / 2} ms`);
+    // Arrival gaps are measured in this process, which shares two cores with
+    // the server, the 50 senders and (under ctest -j2) another suite: a frame
+    // delayed here arrives close to the next. Without the throttle nearly every
+    // gap would be ~10 ms; with it, a few percent at most are squeezed.
+    assert.ok(tooClose <= gaps * 0.05, `${tooClose} of ${gaps} gaps were under ${THROTTLE / 2} ms`);
     assert.ok(perMember >= 20, `updates flowed (${perMember} per member)`);
     assert.ok(observers.every((o) => o.view.batches > 0), 'many changes in one turn travel as presence.batch');
     senders.kill();
     await senders.done;
     await waitFor(() => observers.every((o) => o.view.members.size === 0), { what: 'members gone with their process' });
-    for (const o of observers) o.close();
+    } finally {
+      // A failure above must not leave 50 members behind for the next tests.
+      senders.kill();
+      for (const o of observers) o.close();
+    }
   });
 
   test('a reset socket disappears within 1 s; a healthy idle member stays past the timeout', async () => {
