@@ -481,7 +481,8 @@ static sb_msg_t *msg_new(const sb_pub_t *p)
     m->pub_us = sb_mono_us();
     memcpy(m->tail, ev.p, ev.len);
     m->tail[ev.len] = 0;
-    memcpy(m->tail + ev.len + 1, p->data.p, p->data.len);
+    /* An empty message (a zero-length room frame) may come with no pointer. */
+    if (p->data.len) memcpy(m->tail + ev.len + 1, p->data.p, p->data.len);
     m->tail[ev.len + 1 + p->data.len] = 0;
     m->event = m->tail;
     m->data = m->tail + ev.len + 1;

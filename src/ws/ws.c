@@ -14,8 +14,19 @@ enum { WS_JSON = 0, WS_ROOM = 1 };
 typedef struct {
     sb_sub_t sub;
     uint16_t name_len;
-    char name[130];
+    char name[]; /* name_len bytes and a NUL, allocated to fit */
 } ws_sub_t;
+
+/* A subscription record sized to its channel name: idle connections are
+ * counted in the tens of thousands, so nothing is reserved for a longest name. */
+static ws_sub_t *sub_new(sb_str_t name)
+{
+    ws_sub_t *w = calloc(1, sizeof *w + name.len + 1);
+    if (!w) return NULL;
+    memcpy(w->name, name.p, name.len);
+    w->name_len = (uint16_t)name.len;
+    return w;
+}
 
 struct sb_ws {
     sb_conn_t *c;
@@ -29,7 +40,7 @@ struct sb_ws {
     uint8_t msg_op;
     sb_utf8_stream_t utf8;
     sb_buf_t msg;         /* fragments of the current message */
-    sb_ws_inflater_t inf;
+    sb_ws_inflater_t *inf; /* only when permessage-deflate was negotiated */
     int64_t last_rx_ms;
     int64_t ping_sent_ms;
     /* publish rate limit (token bucket) */
@@ -42,12 +53,12 @@ struct sb_ws {
     void *presence;
     /* raw room */
     ws_sub_t *room;
-    char room_user[130]; /* the seed's presence user id, for the leave message */
+    /* Heap strings, NULL while unset: most connections have none of them. */
+    char *room_user; /* the seed's presence user id, for the leave message */
     bool room_user_is_num;
-    char user[128];
-    char info[512];
-    sb_token_t tok; /* claims kept for per-op checks when --jwt-secret is set */
-    bool has_tok;
+    char *user;      /* the token's sub */
+    char *info;      /* the token's info claim, compact JSON */
+    sb_token_t *tok; /* claims kept for per-op checks when --jwt-secret is set */
 };
 
 static sb_ws_hooks_t hooks;
@@ -66,8 +77,8 @@ void sb_ws_register_op(const char *op, sb_ws_op_fn fn)
     }
 }
 sb_conn_t *sb_ws_conn(sb_ws_t *ws) { return ws->c; }
-const char *sb_ws_user(const sb_ws_t *ws) { return ws->user; }
-const char *sb_ws_info(const sb_ws_t *ws) { return ws->info; }
+const char *sb_ws_user(const sb_ws_t *ws) { return ws->user ? ws->user : ""; }
+const char *sb_ws_info(const sb_ws_t *ws) { return ws->info ? ws->info : ""; }
 void **sb_ws_presence_slot(sb_ws_t *ws) { return &ws->presence; }
 
 /* ---- tokens ---- */
@@ -82,9 +93,13 @@ static void token_keep(sb_ws_t *ws, const sb_http_req_t *req)
         if (a.p && a.len > 7 && sb_str_ieq(sb_str(a.p, 7), "bearer ")) tok = sb_str(a.p + 7, a.len - 7);
     }
     sb_err_t why;
+    sb_token_t t;
     if (tok.len && sb_auth_jwt_verify(tok, (const uint8_t *)sb_cfg.jwt_secret, strlen(sb_cfg.jwt_secret),
-                                      sb_now_ms() / 1000, &ws->tok, &why) == 0)
-        ws->has_tok = true;
+                                      sb_now_ms() / 1000, &t, &why) == 0) {
+        ws->tok = malloc(sizeof *ws->tok);
+        if (ws->tok) *ws->tok = t;
+        else sb_token_free(&t);
+    }
 }
 
 /* With --jwt-secret every op is checked against the token's patterns (the
@@ -92,9 +107,9 @@ static void token_keep(sb_ws_t *ws, const sb_http_req_t *req)
 static bool token_allows(sb_ws_t *ws, sb_str_t channel, bool publish)
 {
     if (!sb_cfg.jwt_secret[0]) return true;
-    if (!ws->has_tok) return false;
-    if (ws->tok.exp && ws->tok.exp <= sb_now_ms() / 1000) return false;
-    return publish ? sb_auth_can_publish(&ws->tok, channel) : sb_auth_can_subscribe(&ws->tok, channel);
+    if (!ws->tok) return false;
+    if (ws->tok->exp && ws->tok->exp <= sb_now_ms() / 1000) return false;
+    return publish ? sb_auth_can_publish(ws->tok, channel) : sb_auth_can_subscribe(ws->tok, channel);
 }
 
 bool sb_ws_may_subscribe(sb_ws_t *ws, sb_str_t channel) { return token_allows(ws, channel, false); }
@@ -353,15 +368,13 @@ static void op_subscribe(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
         ws->subs = n;
         ws->cap = cap;
     }
-    ws_sub_t *w = calloc(1, sizeof *w);
+    ws_sub_t *w = sub_new(name);
     if (!w) {
         sb_ws_reply_error(ws, ref, SB_ERR_INTERNAL, NULL);
         return;
     }
     w->sub.ops = &json_sink;
     w->sub.sink = ws;
-    memcpy(w->name, name.p, name.len);
-    w->name_len = (uint16_t)name.len;
     /* Live-only subscriptions start from the current last id, reported as
      * "last": the client resumes from it if nothing arrives before a drop. */
     if (!since.set) {
@@ -557,17 +570,19 @@ static void room_note_presence(sb_ws_t *ws, const char *p, size_t len)
     /* The seed's usePresence sends {"type":"presence","user":{"id":...}}; its
      * client also handles {"type":"leave","userId":...}, which its server never
      * sends. We remember the id once, cheaply, and say leave on disconnect. */
-    if (ws->room_user[0] || len < 16 || p[0] != '{' || !memmem(p, len, "\"presence\"", 10)) return;
+    if (ws->room_user || len < 16 || p[0] != '{' || !memmem(p, len, "\"presence\"", 10)) return;
     cJSON *j = cJSON_ParseWithLength(p, len);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "type");
     const cJSON *user = cJSON_GetObjectItemCaseSensitive(j, "user");
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(user, "id");
     if (cJSON_IsString(type) && !strcmp(type->valuestring, "presence")) {
-        if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof ws->room_user) {
-            snprintf(ws->room_user, sizeof ws->room_user, "%s", id->valuestring);
+        if (cJSON_IsString(id) && id->valuestring[0] && strlen(id->valuestring) <= 128) {
+            ws->room_user = strdup(id->valuestring);
             ws->room_user_is_num = false;
         } else if (cJSON_IsNumber(id)) {
-            snprintf(ws->room_user, sizeof ws->room_user, "%.17g", id->valuedouble);
+            char num[32];
+            snprintf(num, sizeof num, "%.17g", id->valuedouble);
+            ws->room_user = strdup(num);
             ws->room_user_is_num = true;
         }
     }
@@ -688,7 +703,7 @@ static ssize_t ws_on_data(sb_conn_t *c, char *buf, size_t len)
         uint8_t *inflated = NULL;
         if (ws->msg_compressed) {
             size_t outlen;
-            int r = sb_ws_inflate_message(&ws->inf, pl, plen, (size_t)sb_cfg.max_message, &inflated, &outlen);
+            int r = sb_ws_inflate_message(ws->inf, pl, plen, (size_t)sb_cfg.max_message, &inflated, &outlen);
             if (r < 0) {
                 fail(ws, r == SB_ELIMIT ? 1009 : 1007, r == SB_ELIMIT ? "message too big" : "bad compressed data");
                 return (ssize_t)len;
@@ -744,7 +759,7 @@ static void ws_on_close(sb_conn_t *c)
     free(ws->subs);
     if (ws->room) {
         sb_broker_unsubscribe(&ws->room->sub);
-        if (ws->room_user[0]) {
+        if (ws->room_user) {
             /* The id came from the client: escape it, it is put back into JSON. */
             sb_buf_t leave = {0};
             sb_buf_puts(&leave, "{\"type\":\"leave\",\"userId\":");
@@ -761,8 +776,17 @@ static void ws_on_close(sb_conn_t *c)
         free(ws->room);
     }
     sb_buf_free(&ws->msg);
-    sb_ws_inflater_free(&ws->inf);
-    if (ws->has_tok) sb_token_free(&ws->tok);
+    if (ws->inf) {
+        sb_ws_inflater_free(ws->inf);
+        free(ws->inf);
+    }
+    free(ws->room_user);
+    free(ws->user);
+    free(ws->info);
+    if (ws->tok) {
+        sb_token_free(ws->tok);
+        free(ws->tok);
+    }
     SB_STAT_ADD(c->loop, ws_conns, -1);
     free(ws);
 }
@@ -825,12 +849,15 @@ static int handle_upgrade(sb_conn_t *c, sb_http_ctx_t *x)
         sb_http_error(c, SB_ERR_INTERNAL);
         return SB_HTTP_DONE;
     }
-    if (!sb_http_authorize(req, is_json ? NULL : &room_name, is_json ? 0 : 1, &why, ws->user,
-                           sizeof ws->user, ws->info, sizeof ws->info)) {
+    char user[128], info[512];
+    if (!sb_http_authorize(req, is_json ? NULL : &room_name, is_json ? 0 : 1, &why, user, sizeof user,
+                           info, sizeof info)) {
         free(ws);
         sb_http_error(c, why);
         return SB_HTTP_DONE;
     }
+    if (user[0]) ws->user = strdup(user);
+    if (info[0]) ws->info = strdup(info);
     if (sb_cfg.jwt_secret[0]) token_keep(ws, req);
     ws->c = c;
     ws->kind = is_json ? WS_JSON : WS_ROOM;
@@ -846,12 +873,15 @@ static int handle_upgrade(sb_conn_t *c, sb_http_ctx_t *x)
     sb_str_t offer = sb_http_header(req, "sec-websocket-extensions");
     sb_ws_deflate_params_t dp = {0};
     if (offer.p && sb_ws_deflate_negotiate(offer, &dp, ext, sizeof ext) && dp.enabled) {
-        if (sb_ws_inflater_init(&ws->inf, dp.client_max_window_bits, dp.client_no_context_takeover) == 0) {
+        ws->inf = calloc(1, sizeof *ws->inf);
+        if (ws->inf && sb_ws_inflater_init(ws->inf, dp.client_max_window_bits, dp.client_no_context_takeover) == 0) {
             ws->deflate_rx = true;
             /* One compressed broadcast is shared by every receiver; that needs
              * our full window and no context, which the negotiation pins. */
             ws->deflate_tx = dp.server_no_context_takeover && dp.server_max_window_bits >= 15;
         } else {
+            free(ws->inf);
+            ws->inf = NULL;
             ext[0] = 0;
         }
     } else {
@@ -870,15 +900,13 @@ static int handle_upgrade(sb_conn_t *c, sb_http_ctx_t *x)
     c->deadline_ms = 0;
     SB_STAT_ADD(c->loop, ws_conns, 1);
     if (!is_json) {
-        ws->room = calloc(1, sizeof *ws->room);
+        ws->room = sub_new(room_name);
         if (!ws->room) {
             sb_conn_close(c);
             return SB_HTTP_TAKEN;
         }
         ws->room->sub.ops = &room_sink;
         ws->room->sub.sink = ws;
-        memcpy(ws->room->name, room_name.p, room_name.len);
-        ws->room->name_len = (uint16_t)room_name.len;
         sb_sub_t *subs[1] = {&ws->room->sub};
         sb_str_t names[1] = {sb_str(ws->room->name, ws->room->name_len)};
         if (sb_broker_subscribe(c->loop, subs, names, 1, (sb_since_t){0}, &why) < 0) {
@@ -903,12 +931,11 @@ sb_ws_t *sb_ws_attach(sb_conn_t *c, const char *room)
     SB_STAT_ADD(c->loop, ws_conns, 1);
     if (room) {
         size_t n = strlen(room);
-        ws->room = calloc(1, sizeof *ws->room);
-        if (!ws->room || n > 128) return ws;
+        if (n > 128) return ws;
+        ws->room = sub_new(sb_str(room, n));
+        if (!ws->room) return ws;
         ws->room->sub.ops = &room_sink;
         ws->room->sub.sink = ws;
-        memcpy(ws->room->name, room, n);
-        ws->room->name_len = (uint16_t)n;
         sb_sub_t *subs[1] = {&ws->room->sub};
         sb_str_t names[1] = {sb_str(ws->room->name, n)};
         sb_err_t why;
