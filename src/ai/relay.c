@@ -1052,16 +1052,14 @@ static int handle_stop(sb_conn_t *c, sb_http_ctx_t *x)
 
 /* ---- init ---- */
 
-static int env_duration(const char *name, long *out_ms)
+/* --ai-*-timeout: 0 keeps the engine's default; at most a day. */
+static int timeout_flag(const char *flag, int64_t v, long *out_ms)
 {
-    const char *v = getenv(name);
-    int64_t ms;
-    if (!v) return 0;
-    if (sb_config_parse_duration(v, 1000, &ms) < 0 || ms <= 0 || ms > 86400000) {
-        sb_error("invalid AI timeout", "name=%s value=\"%s\"", name, v);
+    if (v < 0 || v > 86400000) {
+        sb_error("invalid AI timeout", "flag=--%s value_ms=%lld", flag, (long long)v);
         return -1;
     }
-    *out_ms = (long)ms;
+    if (v > 0) *out_ms = (long)v;
     return 0;
 }
 
@@ -1104,9 +1102,10 @@ int sb_ai_relay_init(void)
         R.up.api_key = getenv(env);
         if (!R.up.api_key || !R.up.api_key[0])
             sb_warn("no AI upstream key: the upstream may refuse calls", "env=%s", env);
-        if (env_duration("SWITCHBOARD_AI_CONNECT_TIMEOUT", &R.up.connect_timeout_ms) < 0 ||
-            env_duration("SWITCHBOARD_AI_FIRST_TOKEN_TIMEOUT", &R.up.first_token_timeout_ms) < 0 ||
-            env_duration("SWITCHBOARD_AI_IDLE_TIMEOUT", &R.up.idle_timeout_ms) < 0)
+        if (timeout_flag("ai-connect-timeout", sb_cfg.ai_connect_timeout_ms, &R.up.connect_timeout_ms) < 0 ||
+            timeout_flag("ai-first-token-timeout", sb_cfg.ai_first_token_timeout_ms,
+                         &R.up.first_token_timeout_ms) < 0 ||
+            timeout_flag("ai-idle-timeout", sb_cfg.ai_idle_timeout_ms, &R.up.idle_timeout_ms) < 0)
             return -1;
         if (sb_cfg.ai_demo) sb_info("--ai-demo is ignored: --ai-upstream is set", "%s", "");
         sb_info("ai relay", "upstream=%s dialect=%s model=%s on_disconnect=%s", url,

@@ -65,6 +65,7 @@ typedef struct sb_config {
     bool ai_demo;
     int64_t ai_max_streams;
     int64_t ai_max_streams_per_user;
+    int64_t ai_connect_timeout_ms, ai_first_token_timeout_ms, ai_idle_timeout_ms; /* 0: built-in */
     /* cluster */
     char redis_url[256];
     char log_level[16];
