@@ -73,7 +73,6 @@ static const opt_t opts[] = {
     {"ai-connect-timeout", T_DUR_S, I(ai_connect_timeout_ms), "upstream TCP+TLS connect timeout (default 10s)"},
     {"ai-first-token-timeout", T_DUR_S, I(ai_first_token_timeout_ms), "upstream time to the first token (default 90s)"},
     {"ai-idle-timeout", T_DUR_S, I(ai_idle_timeout_ms), "longest upstream silence after the first token (default 60s)"},
-    {"redis", T_STR, S(redis_url), "redis://host:port to cluster through"},
     {"log-level", T_STR, S(log_level), "debug | info | warn | error (default info)"},
 };
 #undef S

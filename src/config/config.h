@@ -67,7 +67,6 @@ typedef struct sb_config {
     int64_t ai_max_streams_per_user;
     int64_t ai_connect_timeout_ms, ai_first_token_timeout_ms, ai_idle_timeout_ms; /* 0: built-in */
     /* cluster */
-    char redis_url[256];
     char log_level[16];
 } sb_config_t;
 
