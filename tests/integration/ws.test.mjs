@@ -303,6 +303,23 @@ describe('rooms (the seeds\' ?room= server)', () => {
     b.close(); c.close();
   });
 
+  test('the leave message carries a client-given id as valid JSON (quotes, backslashes, numbers)', async () => {
+    const url = `ws://127.0.0.1:${srv.port}/?room=leave-ids`;
+    const watcher = await open(url);
+    const got = [];
+    watcher.on('message', (d) => got.push(d.toString()));
+    for (const id of ['a"b\\c\n', 42]) {
+      const m = await open(url);
+      m.send(JSON.stringify({ type: 'presence', user: { id } }));
+      await waitFor(() => got.length === 1, { what: 'the presence frame' });
+      m.close();
+      await waitFor(() => got.length === 2, { what: 'the leave message' });
+      assert.deepEqual(JSON.parse(got[1]), { type: 'leave', userId: id });
+      got.length = 0;
+    }
+    watcher.close();
+  });
+
   test('2,000 clients in 500 rooms of 4: every message reaches the other 3 and nobody else', { timeout: 120000 }, async () => {
     const R = 500, M = 4, PER = 3;
     const rooms = [];
