@@ -33,6 +33,10 @@ test(`${N} clients reconnecting after a restart spread out, none faster than the
     if (i % 100 === 99) await sleep(50);
   }
   await waitFor(() => clients.every((x) => x.c.status.status === 'open'), { timeout: 60000, what: 'all connected' });
+  // Open is not subscribed: a live subscription whose ok never arrived has no
+  // cursor, so it rightly comes back live and would miss what was published
+  // before its new subscribe. Crash only once every client holds its cursor.
+  await waitFor(() => clients.every((x) => x.c.cursor('herd') !== undefined), { timeout: 60000, what: 'all subscribed' });
   await sleep(500);
   const t0 = Date.now();
   await srv.kill();
@@ -66,6 +70,15 @@ test(`${N} clients reconnecting after a restart spread out, none faster than the
   assert.ok(all.at(-1) - all[0] >= 1000, 'attempts span more than a second');
 
   await srv.publish('herd', 'after');
-  await waitFor(() => clients.every((x) => x.got.includes('after')), { timeout: 20000, what: 'all resubscribed' });
+  try {
+    await waitFor(() => clients.every((x) => x.got.includes('after')), { timeout: 20000, what: 'all resubscribed' });
+  } catch (e) {
+    const missing = clients.filter((x) => !x.got.includes('after'));
+    t.diagnostic(`${missing.length} clients without the message; first: ` + JSON.stringify(missing.slice(0, 5).map((x) => ({
+      status: x.c.status.status, cursor: x.c.cursor('herd'), got: x.got, attempts: x.attempts.length }))));
+    t.diagnostic('channel: ' + JSON.stringify(await (await fetch(`${srv.base}/v1/channels/herd`)).json()));
+    t.diagnostic('metrics: ' + JSON.stringify(await (await fetch(`${srv.base}/api/metrics`)).json()));
+    throw e;
+  }
   for (const x of clients) x.c.close();
 });
