@@ -450,7 +450,10 @@ static void ws_published(void *ud, int status, uint64_t seq)
     free(p);
 }
 
-static bool rate_ok(sb_ws_t *ws)
+/* `pace`: a raw room has no error channel, so instead of refusing a frame it
+ * stops reading as soon as the bucket is empty: the next frame waits in the
+ * socket until a token is there, and no frame is ever dropped. */
+static bool rate_ok(sb_ws_t *ws, bool pace)
 {
     if (sb_cfg.publish_rate <= 0) return true;
     int64_t now = ws->c->loop->now_ms;
@@ -466,6 +469,7 @@ static bool rate_ok(sb_ws_t *ws)
         return false;
     }
     ws->tokens -= 1;
+    if (pace && ws->tokens < 1) ws->hold_until = now + (int64_t)((1.0 - ws->tokens) * 1000.0 / rate) + 1;
     return true;
 }
 
@@ -491,7 +495,7 @@ static void op_publish(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
         sb_ws_reply_error(ws, ref, SB_ERR_FORBIDDEN, NULL);
         return;
     }
-    if (!rate_ok(ws)) {
+    if (!rate_ok(ws, false)) {
         sb_ws_reply_error(ws, ref, SB_ERR_RATE_LIMITED, NULL);
         return;
     }
@@ -591,7 +595,7 @@ static void room_note_presence(sb_ws_t *ws, const char *p, size_t len)
 
 static void room_publish(sb_ws_t *ws, const char *p, size_t len, bool binary)
 {
-    if (!rate_ok(ws)) return; /* raw rooms have no error channel: over the rate, frames are dropped */
+    if (!rate_ok(ws, true)) return; /* over the rate: dropped, which pacing keeps from happening */
     sb_pub_t pub = {.channel = sb_str(ws->room->name, ws->room->name_len),
                     .data = sb_str(p, len),
                     .raw_flags = (uint8_t)(SB_MSG_RAW | (binary ? SB_MSG_BINARY : 0)),

@@ -303,6 +303,25 @@ describe('rooms (the seeds\' ?room= server)', () => {
     b.close(); c.close();
   });
 
+  test('over --publish-rate a room member is paced, never dropped: every frame arrives, in order', async () => {
+    const paced = await startServer(['--workers', '1', '--publish-rate', '10']);
+    try {
+      const url = `ws://127.0.0.1:${paced.port}/?room=paced`;
+      const a = await open(url), b = await open(url);
+      const got = [];
+      b.on('message', (d) => got.push(d.toString()));
+      const t0 = Date.now();
+      for (let i = 0; i < 30; i++) a.send(`m${i}`); // a burst of 10 fits the bucket, 20 more take ~2 s
+      await waitFor(() => got.length === 30, { timeout: 10000, what: 'all 30 frames' });
+      const took = Date.now() - t0;
+      assert.deepEqual(got, Array.from({ length: 30 }, (_, i) => `m${i}`));
+      assert.ok(took >= 1500, `paced to the rate (${took} ms for 30 frames at 10/s with a burst of 10)`);
+      a.close(); b.close();
+    } finally {
+      assert.equal((await paced.stop()).code, 0);
+    }
+  });
+
   test('the leave message carries a client-given id as valid JSON (quotes, backslashes, numbers)', async () => {
     const url = `ws://127.0.0.1:${srv.port}/?room=leave-ids`;
     const watcher = await open(url);
