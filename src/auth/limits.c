@@ -30,6 +30,15 @@ bool sb_bucket_take(sb_bucket_t *b, int64_t rate, int64_t now_ms)
     return true;
 }
 
+int64_t sb_bucket_wait_ms(const sb_bucket_t *b, int64_t rate, int64_t now_ms)
+{
+    if (rate <= 0) return 0;
+    double t = b->tokens;
+    if (now_ms > b->at_ms) t += (double)(now_ms - b->at_ms) * (double)rate / 1000.0;
+    if (t >= 1) return 0;
+    return (int64_t)((1.0 - t) * 1000.0 / (double)rate) + 1;
+}
+
 /* ---- counters ---- */
 static _Atomic uint64_t hits[SB_LIMIT__COUNT];
 
@@ -363,6 +372,15 @@ bool sb_limits_publish_ok(sb_conn_t *c)
     /* A connection without an entry was accepted while memory ran out; it is
      * not worth refusing a client for the server's own trouble. */
     return !e || sb_bucket_take(&e->pub, rate, c->loop->now_ms);
+}
+
+int64_t sb_limits_publish_wait_ms(sb_conn_t *c)
+{
+    int64_t rate = sb_cfg.publish_rate;
+    if (rate <= 0) return 0;
+    registry_t *r = registry(c->loop, false);
+    entry_t *e = r ? reg_find(r, c->id) : NULL;
+    return e ? sb_bucket_wait_ms(&e->pub, rate, c->loop->now_ms) : 0;
 }
 
 /* ---- metrics ---- */

@@ -42,6 +42,8 @@ void sb_bucket_init(sb_bucket_t *b, int64_t rate, int64_t now_ms);
  * 0 or less means no limit (always true). now_ms must not go backwards by
  * more than the caller tolerates: an earlier time simply adds nothing. */
 bool sb_bucket_take(sb_bucket_t *b, int64_t rate, int64_t now_ms);
+/* Milliseconds from now_ms until the bucket holds a whole token (0: it does). */
+int64_t sb_bucket_wait_ms(const sb_bucket_t *b, int64_t rate, int64_t now_ms);
 
 /* Registers the limit metrics and the per-loop cleanup. Call once from the
  * main thread before the loops start (sb_http_api_init does). */
@@ -65,6 +67,9 @@ void sb_limits_conn_closed(sb_conn_t *c);
  * Returns false when the connection is over its rate; the caller answers
  * 429 rate_limited (sb_http_error counts it). True when no rate is configured. */
 bool sb_limits_publish_ok(sb_conn_t *c);
+/* Milliseconds until c's bucket holds a token again (0: now, or no limit):
+ * how long a transport stops reading a connection that is over its rate. */
+int64_t sb_limits_publish_wait_ms(sb_conn_t *c);
 
 /* Counts one refusal at a limit (for the metrics). Any thread. */
 void sb_limits_count(sb_limit_t which);

@@ -211,8 +211,8 @@ void sb_http_error_msg(sb_conn_t *c, sb_err_t err, const char *message)
         /* Answer, then read nothing more from this connection until its bucket
          * has a token again: a client that pipelines publishes as fast as it
          * can is slowed down by TCP instead of costing a parse and a 429 each. */
-        int64_t rate = sb_cfg.publish_rate > 0 ? sb_cfg.publish_rate : 1;
-        h->throttle_until = c->loop->now_ms + (1000 + rate - 1) / rate;
+        int64_t wait = sb_limits_publish_wait_ms(c);
+        h->throttle_until = c->loop->now_ms + (wait > 0 ? wait : 1);
     }
     /* After these the input framing is unknown or unread: the connection ends. */
     if (h && (e->http_status == 400 || e->http_status == 408 || e->http_status == 413 ||

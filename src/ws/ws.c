@@ -43,10 +43,7 @@ struct sb_ws {
     sb_ws_inflater_t *inf; /* only when permessage-deflate was negotiated */
     int64_t last_rx_ms;
     int64_t ping_sent_ms;
-    /* publish rate limit (token bucket) */
-    double tokens;
-    int64_t tokens_ms;
-    int64_t hold_until; /* over the rate: nothing more is read until then */
+    int64_t hold_until; /* over --publish-rate: nothing more is read until then */
     /* JSON protocol */
     ws_sub_t **subs;
     uint32_t nsubs, cap;
@@ -450,27 +447,21 @@ static void ws_published(void *ud, int status, uint64_t seq)
     free(p);
 }
 
-/* `pace`: a raw room has no error channel, so instead of refusing a frame it
- * stops reading as soon as the bucket is empty: the next frame waits in the
- * socket until a token is there, and no frame is ever dropped. */
+/* --publish-rate, from the connection's bucket in auth/limits (the one HTTP
+ * publishes use). Over the rate nothing more is read from the connection until
+ * a token is there, as over HTTP after a 429, so a client sending publishes
+ * back to back is slowed by TCP instead of costing a parse and an error each.
+ * `pace`: a raw room has no error channel, so it stops reading as soon as the
+ * bucket is empty instead of refusing a frame: no frame is ever dropped. */
 static bool rate_ok(sb_ws_t *ws, bool pace)
 {
-    if (sb_cfg.publish_rate <= 0) return true;
-    int64_t now = ws->c->loop->now_ms;
-    double rate = (double)sb_cfg.publish_rate;
-    ws->tokens += (double)(now - ws->tokens_ms) * rate / 1000.0;
-    if (ws->tokens > rate) ws->tokens = rate; /* burst of one second */
-    ws->tokens_ms = now;
-    if (ws->tokens < 1) {
-        /* As over HTTP: read nothing more from this connection until its
-         * bucket holds a token again, so a client sending publishes back to
-         * back is slowed by TCP instead of costing a parse and an error each. */
-        ws->hold_until = now + (int64_t)((1.0 - ws->tokens) * 1000.0 / rate) + 1;
-        return false;
+    sb_conn_t *c = ws->c;
+    bool ok = sb_limits_publish_ok(c);
+    if (!ok || pace) {
+        int64_t wait = sb_limits_publish_wait_ms(c);
+        if (wait > 0) ws->hold_until = c->loop->now_ms + wait;
     }
-    ws->tokens -= 1;
-    if (pace && ws->tokens < 1) ws->hold_until = now + (int64_t)((1.0 - ws->tokens) * 1000.0 / rate) + 1;
-    return true;
+    return ok;
 }
 
 static void op_publish(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
@@ -869,8 +860,6 @@ static int handle_upgrade(sb_conn_t *c, sb_http_ctx_t *x)
     char v[8];
     if (sb_http_query_get(req->query, "echo", v, sizeof v) >= 0 && !strcmp(v, "0")) ws->echo = false;
     ws->last_rx_ms = c->loop->now_ms;
-    ws->tokens = (double)sb_cfg.publish_rate;
-    ws->tokens_ms = c->loop->now_ms;
 
     char accept[29], ext[160] = "";
     sb_ws_accept_key(key, accept);

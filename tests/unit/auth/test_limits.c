@@ -62,6 +62,16 @@ static void test_bucket(void)
     for (int i = 0; i < 10; i++) ok += sb_bucket_take(&b, 5, 60000);
     CHECK_EQ_INT(ok, 5); /* a long pause refills to the burst, not beyond */
     CHECK(sb_bucket_take(&b, 0, 60000)); /* no rate, no limit */
+    /* How long until the next token: the hold of a connection over its rate. */
+    sb_bucket_init(&b, 5, 1000);
+    CHECK_EQ_INT(sb_bucket_wait_ms(&b, 5, 1000), 0);
+    for (int i = 0; i < 5; i++) sb_bucket_take(&b, 5, 1000);
+    int64_t w = sb_bucket_wait_ms(&b, 5, 1000);
+    CHECK(w >= 200 && w <= 201); /* one token at 5/s is 200 ms */
+    CHECK(sb_bucket_wait_ms(&b, 5, 1100) <= 101);
+    CHECK_EQ_INT(sb_bucket_wait_ms(&b, 5, 1000 + w), 0);
+    CHECK(sb_bucket_take(&b, 5, 1000 + w)); /* and the token is really there */
+    CHECK_EQ_INT(sb_bucket_wait_ms(&b, 0, 1000), 0);
 }
 
 static void test_per_ip(sb_loop_t *l)
