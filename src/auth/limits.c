@@ -363,16 +363,22 @@ void sb_limits_conn_closed(sb_conn_t *c)
     if (e) reg_remove(r, e);
 }
 
-bool sb_limits_publish_ok(sb_conn_t *c)
+bool sb_limits_publish_take(sb_conn_t *c, int64_t *wait_ms)
 {
     int64_t rate = sb_cfg.publish_rate;
+    if (wait_ms) *wait_ms = 0;
     if (rate <= 0) return true;
     registry_t *r = registry(c->loop, false);
     entry_t *e = r ? reg_find(r, c->id) : NULL;
     /* A connection without an entry was accepted while memory ran out; it is
      * not worth refusing a client for the server's own trouble. */
-    return !e || sb_bucket_take(&e->pub, rate, c->loop->now_ms);
+    if (!e) return true;
+    bool ok = sb_bucket_take(&e->pub, rate, c->loop->now_ms);
+    if (wait_ms) *wait_ms = sb_bucket_wait_ms(&e->pub, rate, c->loop->now_ms);
+    return ok;
 }
+
+bool sb_limits_publish_ok(sb_conn_t *c) { return sb_limits_publish_take(c, NULL); }
 
 int64_t sb_limits_publish_wait_ms(sb_conn_t *c)
 {

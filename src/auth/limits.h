@@ -67,8 +67,11 @@ void sb_limits_conn_closed(sb_conn_t *c);
  * Returns false when the connection is over its rate; the caller answers
  * 429 rate_limited (sb_http_error counts it). True when no rate is configured. */
 bool sb_limits_publish_ok(sb_conn_t *c);
-/* Milliseconds until c's bucket holds a token again (0: now, or no limit):
- * how long a transport stops reading a connection that is over its rate. */
+/* The same, and *wait_ms gets the milliseconds until the bucket holds a
+ * token again (0: now, or no limit): how long a transport stops reading a
+ * connection that is over its rate. One lookup for both. */
+bool sb_limits_publish_take(sb_conn_t *c, int64_t *wait_ms);
+/* Only the wait, taking nothing (after a refusal already taken). */
 int64_t sb_limits_publish_wait_ms(sb_conn_t *c);
 
 /* Counts one refusal at a limit (for the metrics). Any thread. */

@@ -455,12 +455,9 @@ static void ws_published(void *ud, int status, uint64_t seq)
  * bucket is empty instead of refusing a frame: no frame is ever dropped. */
 static bool rate_ok(sb_ws_t *ws, bool pace)
 {
-    sb_conn_t *c = ws->c;
-    bool ok = sb_limits_publish_ok(c);
-    if (!ok || pace) {
-        int64_t wait = sb_limits_publish_wait_ms(c);
-        if (wait > 0) ws->hold_until = c->loop->now_ms + wait;
-    }
+    int64_t wait;
+    bool ok = sb_limits_publish_take(ws->c, &wait);
+    if ((!ok || pace) && wait > 0) ws->hold_until = ws->c->loop->now_ms + wait;
     return ok;
 }
 
