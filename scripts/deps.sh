@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libuv1-dev libcjson-dev zlib1g-dev libssl-dev libcurl4-openssl-dev
-      libhiredis-dev libsqlite3-dev)
+      libhiredis-dev libsqlite3-dev liburing-dev)
 # Node may come from elsewhere than Debian (nodesource, nvm): a working command
 # is enough, and installing Debian's npm over it would conflict.
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)

@@ -73,6 +73,7 @@ static const opt_t opts[] = {
     {"ai-connect-timeout", T_DUR_S, I(ai_connect_timeout_ms), "upstream TCP+TLS connect timeout (default 10s)"},
     {"ai-first-token-timeout", T_DUR_S, I(ai_first_token_timeout_ms), "upstream time to the first token (default 90s)"},
     {"ai-idle-timeout", T_DUR_S, I(ai_idle_timeout_ms), "longest upstream silence after the first token (default 60s)"},
+    {"io-uring", T_STR, S(io_uring), "auto | on | off: batch each loop turn's socket writes through io_uring (default auto: when the kernel allows it)"},
     {"log-level", T_STR, S(log_level), "debug | info | warn | error (default info)"},
 };
 #undef S
@@ -110,6 +111,7 @@ static void defaults(sb_config_t *c)
     c->ai_max_streams = 1000;
     c->ai_max_streams_per_user = 4;
     snprintf(c->log_level, sizeof c->log_level, "info");
+    snprintf(c->io_uring, sizeof c->io_uring, "auto");
 }
 
 int sb_config_parse_duration(const char *s, int64_t unit_ms, int64_t *out)
@@ -328,6 +330,10 @@ int sb_config_parse(int argc, char **argv)
     }
     if (strcmp(sb_cfg.fsync, "always") && strcmp(sb_cfg.fsync, "batch") && strcmp(sb_cfg.fsync, "off")) {
         fprintf(stderr, "switchboard: --fsync must be always, batch or off\n");
+        return -1;
+    }
+    if (strcmp(sb_cfg.io_uring, "auto") && strcmp(sb_cfg.io_uring, "on") && strcmp(sb_cfg.io_uring, "off")) {
+        fprintf(stderr, "switchboard: --io-uring must be auto, on or off\n");
         return -1;
     }
     if (sb_cfg.history_size < 0 || sb_cfg.history_size > 10000000) {

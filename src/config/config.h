@@ -68,6 +68,7 @@ typedef struct sb_config {
     int64_t ai_connect_timeout_ms, ai_first_token_timeout_ms, ai_idle_timeout_ms; /* 0: built-in */
     /* cluster */
     char log_level[16];
+    char io_uring[8]; /* auto | on | off */
 } sb_config_t;
 
 /* The process-wide configuration; read-only after sb_config_parse. */

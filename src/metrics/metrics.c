@@ -36,7 +36,7 @@ void sb_metrics_register(sb_metrics_fn fn)
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 typedef struct {
-    uint64_t accepted, closed, refused, bytes_in, bytes_out, writes, partial, requests, r4xx, r5xx,
+    uint64_t accepted, closed, refused, bytes_in, bytes_out, writes, syscalls, partial, requests, r4xx, r5xx,
         deliveries, messages_in, slow_disc, slow_drop, slow_confl;
     int64_t open, sse, ws, longpolls;
 } totals_t;
@@ -52,6 +52,7 @@ static void totals(totals_t *t)
         t->bytes_in += LOAD(s->bytes_in);
         t->bytes_out += LOAD(s->bytes_out);
         t->writes += LOAD(s->writes);
+        t->syscalls += LOAD(s->write_syscalls);
         t->partial += LOAD(s->write_calls_partial);
         t->requests += LOAD(s->requests);
         t->r4xx += LOAD(s->responses_4xx);
@@ -199,7 +200,8 @@ void sb_metrics_prometheus(sb_buf_t *b)
     C("switchboard_deliveries_total", "Messages delivered to subscribers.", t.deliveries);
     C("switchboard_bytes_in_total", "Bytes read.", t.bytes_in);
     C("switchboard_bytes_out_total", "Bytes written.", t.bytes_out);
-    C("switchboard_write_calls_total", "Batched socket writes.", t.writes);
+    C("switchboard_write_calls_total", "Batched socket writes (one per connection per loop turn at most).", t.writes);
+    C("switchboard_write_syscalls_total", "System calls that carried them (io_uring submits up to 256 writes in one).", t.syscalls);
     C("switchboard_slow_disconnects_total", "Readers cut for falling behind.", t.slow_disc);
     C("switchboard_slow_dropped_total", "Messages dropped by drop-oldest.", t.slow_drop);
     C("switchboard_slow_conflated_total", "Messages replaced by conflation.", t.slow_confl);

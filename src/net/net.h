@@ -4,8 +4,10 @@
  * Write path: sb_conn_send() only queues a frame reference and marks the
  * connection pending. Once per loop turn (uv_check, right after I/O callbacks,
  * and uv_prepare, before the loop sleeps) every pending connection is flushed
- * with one uv_try_write over an iovec of its queued frames; only what the
- * kernel did not take is handed to uv_write. */
+ * with one non-blocking vectored write of its queued frames; only what the
+ * kernel did not take is handed to uv_write. Where io_uring is available
+ * (--io-uring), the writes of a pass go to the kernel together, up to 256
+ * per system call (net/sendq.h). */
 #ifndef SB_NET_H
 #define SB_NET_H
 
@@ -57,6 +59,7 @@ enum {
     SB_CONN_REFUSED = 1 << 6,   /* accepted over the cap: answer 503 and close */
     SB_CONN_REPROCESS = 1 << 7, /* run on_data over buffered input at the next flush pass */
     SB_CONN_DEAD = 1 << 8,      /* closed; the struct lives on only for its holders */
+    SB_CONN_SENDQ = 1 << 9,     /* a send of it waits in the loop's send queue (with WRITING) */
 };
 
 struct sb_conn {
@@ -91,6 +94,7 @@ struct sb_conn {
 typedef struct {
     _Atomic uint64_t conns_accepted, conns_closed, conns_refused;
     _Atomic uint64_t bytes_in, bytes_out, writes, write_calls_partial;
+    _Atomic uint64_t write_syscalls; /* system calls that carried the writes (io_uring batches them) */
     _Atomic uint64_t requests, responses_4xx, responses_5xx;
     _Atomic uint64_t deliveries, messages_in;
     _Atomic uint64_t slow_disconnects, slow_dropped, slow_conflated;
@@ -134,6 +138,7 @@ struct sb_loop {
     sb_conn_t *pending;
     size_t nconns;
     uv_write_t *write_free; /* freelist of write requests */
+    struct sb_sendq *sendq; /* io_uring batch of this turn's writes, or NULL: plain writes */
     char *readbuf;          /* shared by all reads on this loop (libuv reads one at a time) */
     char *tlsbuf;           /* decrypted bytes of the current TLS read */
     bool readbuf_busy;
