@@ -453,6 +453,19 @@ static void account(lg_conn_t *c, uint64_t pubid, uint64_t seq, uint64_t sent, u
     ph->t_last_recv = now;
 }
 
+/* The next "SBLG:" in [p, end). memchr for the 'S' is vectorised and nothing else
+ * in a payload or a server's envelope is an upper-case S as a rule, so this costs
+ * a fraction of memmem, which was the generator's top function at 1M msgs/s. */
+static const char *next_marker(const char *p, const char *end)
+{
+    while (p < end && (p = memchr(p, 'S', (size_t)(end - p))) != NULL) {
+        if (end - p >= 5 && memcmp(p + 1, "BLG:", 4) == 0)
+            return p;
+        p++;
+    }
+    return NULL;
+}
+
 /* Scans bytes for SBLG:<pubid>:<seq>:<send_us>: markers. The same scan serves raw
  * frames, Switchboard's JSON envelopes and SSE data lines, which is what lets one
  * generator measure every server. */
@@ -461,7 +474,7 @@ static void scan(lg_conn_t *c, const char *p, size_t n, uint64_t now)
     const char *end = p + n;
     if (!c->receiver)
         return;
-    while ((p = memmem(p, (size_t)(end - p), "SBLG:", 5)) != NULL) {
+    while ((p = next_marker(p, end)) != NULL) {
         uint64_t id, seq, sent;
         p += 5;
         if (!parse_u64(&p, end, &id) || !parse_u64(&p, end, &seq) ||
