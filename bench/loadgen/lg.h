@@ -117,6 +117,7 @@ typedef struct {
     double duration, drain, settle, connect_timeout, max_p99_ms;
     bool stop_on_loss;
     bool busy_poll;         /* epoll_wait never sleeps */
+    bool no_uring;          /* --no-io-uring: one recv per ready subscriber */
     const char *before_cmd, *after_cmd; /* shell commands run around each phase */
     char ws_path[256], sse_path[256], pub_path[256];
     int server_pids[8];
@@ -151,6 +152,9 @@ uint64_t lg_now(void);
 /* ---- connection layer (net.c) ----------------------------------------------- */
 /* Starts connects while fewer than the configured number are in flight. */
 void lg_net_pump_connects(void);
+/* Sets up batched io_uring receives for subscribers, where the kernel allows. */
+void lg_net_uring_init(void);
+bool lg_net_uring_active(void);
 /* Runs one epoll wait of at most timeout_us and handles what it returns. */
 void lg_net_poll(uint64_t timeout_us);
 /* Queues bytes on a connection: writes at once what the socket takes, keeps the rest. */

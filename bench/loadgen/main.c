@@ -321,6 +321,8 @@ static void usage(FILE *f)
 "                         (bench/callgrind.sh uses them to count only the phase)\n"
 "  --busy-poll            never sleep in epoll_wait: the server then pays no wake-ups of\n"
 "                         the generator (which shows 100%% CPU); see bench/README.md\n"
+"  --no-io-uring          one recv(2) per ready subscriber instead of one io_uring\n"
+"                         submission for all of them (the default where available)\n"
 "  --self-test            check the histogram, chunked decoder and frame encoder; exit\n");
 }
 
@@ -339,7 +341,7 @@ static void parse_args(int argc, char **argv)
     enum { O_TARGET = 256, O_LABEL, O_SUB, O_PUB, O_SUBS, O_PUBS, O_CHANNELS, O_CHANNEL,
            O_ROOMS, O_MEMBERS, O_RATE, O_WINDOW, O_SIZE, O_DURATION, O_DRAIN, O_SETTLE,
            O_CONC, O_SRC, O_CTO, O_WSP, O_SSEP, O_PUBP, O_PID, O_STOP, O_MAXP99, O_SCEN,
-           O_BEFORE, O_AFTER, O_SELFTEST, O_BUSY };
+           O_BEFORE, O_AFTER, O_SELFTEST, O_BUSY, O_NOURING };
     static const struct option opts[] = {
         {"scenario", 1, 0, O_SCEN},       {"target", 1, 0, O_TARGET},
         {"label", 1, 0, O_LABEL},         {"sub", 1, 0, O_SUB},
@@ -356,7 +358,7 @@ static void parse_args(int argc, char **argv)
         {"stop-on-loss", 0, 0, O_STOP},   {"max-p99", 1, 0, O_MAXP99},
         {"before-phase", 1, 0, O_BEFORE}, {"after-phase", 1, 0, O_AFTER},
         {"self-test", 0, 0, O_SELFTEST},  {"busy-poll", 0, 0, O_BUSY},
-        {"help", 0, 0, 'h'},
+        {"no-io-uring", 0, 0, O_NOURING}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     long subs_n = -1, pubs_n = -1, window = -1;
     int sub = -1, pub = -1, o;
@@ -435,6 +437,7 @@ static void parse_args(int argc, char **argv)
         case O_AFTER: L.after_cmd = optarg; break;
         case O_SELFTEST: exit(lg_selftest());
         case O_BUSY: L.busy_poll = true; break;
+        case O_NOURING: L.no_uring = true; break;
         case 'h': usage(stdout); exit(0);
         default: goto bad;
         }
@@ -605,6 +608,8 @@ static void setup(void)
 
     L.scratch_cap = 4u << 20;
     L.scratch = xcalloc(1, L.scratch_cap);
+    if (!L.no_uring)
+        lg_net_uring_init();
     L.ep = epoll_create1(EPOLL_CLOEXEC);
     if (L.ep < 0) {
         perror("epoll_create1");
@@ -816,10 +821,11 @@ static void report_phase(const phase_info_t *pi, int idx)
            ms(q[1]), ms(q[2]), ms(q[3]), ms(q[4]));
     if (ph->rsp.count)
         printf("  publish rsp  p50 %.2f ms  p99 %.2f ms\n", ms(r50), ms(r99));
-    printf("  generator    %.2f CPU s (%.0f%% of one core), %.2f us/delivery, %llu reads, "
+    printf("  generator    %.2f CPU s (%.0f%% of one core), %.2f us/delivery, %llu reads%s, "
            "%.1f events per wakeup\n",
            pi->gen_cpu, 100.0 * pi->gen_cpu / pi->wall,
            unique ? pi->gen_cpu * 1e6 / (double)unique : 0, (unsigned long long)ph->reads,
+           lg_net_uring_active() ? " (io_uring)" : "",
            ph->polls ? (double)ph->events / (double)ph->polls : 0);
     if (pi->server_cpu >= 0)
         printf("  server       %.2f CPU s, %.2f us/delivery, %.2f us/publish, RSS %ld KiB\n",
