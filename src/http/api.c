@@ -363,6 +363,9 @@ static int handle_history(sb_conn_t *c, sb_http_ctx_t *x, const char *channel, s
             sb_sub_t *subs[1] = {&h->lp.sub};
             sb_since_t live = {0};
             sb_http_async_begin(c);
+            /* lp_on_data leaves input unread: stop reading at once, as before
+             * (a long-poll is not a per-request cost worth saving). */
+            sb_conn_pause(c);
             if (sb_broker_subscribe(c->loop, subs, &ch, 1, live, &why) < 0) {
                 free(h);
                 sb_http_async_end(c);

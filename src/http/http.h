@@ -48,8 +48,11 @@ void sb_http_error_msg(sb_conn_t *c, sb_err_t err, const char *message);
  * connection closes (streams). */
 void sb_http_stream_head(sb_conn_t *c, int status, const char *ctype, const char *extra);
 
-/* For async handlers: the connection stops reading further (pipelined)
- * requests until sb_http_async_end, which resumes them. */
+/* For async handlers: no further (pipelined) request is parsed until
+ * sb_http_async_end, which resumes them. Reading stops only once input
+ * actually arrives meanwhile (it stays buffered): a client that waits for its
+ * answer, as nearly all do, costs no epoll_ctl pair per request. A handler
+ * whose connection's ops are replaced (long-poll) pauses it itself. */
 void sb_http_async_begin(sb_conn_t *c);
 void sb_http_async_end(sb_conn_t *c);
 /* True while the connection is still HTTP (not taken over) and open. */

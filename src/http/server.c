@@ -243,7 +243,9 @@ void sb_http_async_begin(sb_conn_t *c)
 {
     http_t *h = c->proto;
     h->busy = true;
-    sb_conn_pause(c);
+    /* No sb_conn_pause here: uv_read_stop + uv_read_start cost two epoll_ctl
+     * per request (one failing with EEXIST), about 2 us of a durable publish
+     * at 1.1 us a syscall. http_on_data stops reading if bytes come while busy. */
 }
 
 void sb_http_async_end(sb_conn_t *c)
@@ -427,6 +429,12 @@ static ssize_t http_on_data(sb_conn_t *c, char *buf, size_t len)
         }
         if (r == SB_HTTP_DONE && c->ops == &http_ops)
             c->deadline_ms = c->loop->now_ms + sb_cfg.idle_timeout_ms;
+    }
+    if (h->busy && off < len) {
+        /* Input behind a request that is still being answered stays buffered,
+         * unparsed; stop reading more until sb_http_async_end resumes, so a
+         * pipelining client cannot grow the buffer without bound. */
+        sb_conn_pause(c);
     }
     if (off >= len && !h->busy) {
         /* Nothing buffered: the connection is idle until the next request. */

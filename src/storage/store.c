@@ -55,6 +55,14 @@ static const char origin_magic[8] = {'S', 'B', 'O', 'R', 'I', 'G', '0', '1'};
 /* With an age limit the idle store thread wakes this often to apply it. */
 #define RETENTION_TICK_US 1000000u
 
+/* Queue nodes of up to this many bytes (header included) come from a pool that
+ * the store thread refills once per batch, instead of being malloc'd on the
+ * loop and freed on the store thread: each such cross-thread free goes to
+ * the loop's malloc arena under its lock, and a group of 100 records in
+ * flight also defeats the loop's small per-thread cache. Most messages fit. */
+#define NODE_POOL_BYTES 512u
+#define NODE_POOL_MAX 4096u /* nodes kept: 2 MiB at most */
+
 typedef struct {
     uint64_t seq, off;
 } idx_ent_t;
@@ -88,6 +96,7 @@ typedef struct node {
     int64_t time_ms;
     uint64_t enq_us;
     uint32_t len;
+    bool pooled; /* NODE_POOL_BYTES long; goes back to the pool */
     uint8_t buf[];
 } node_t;
 
@@ -122,6 +131,10 @@ struct sb_store {
     uint64_t sync_avg_us; /* moving average of fdatasync latency */
     struct iovec *iov;
     size_t iov_cap;
+
+    pthread_mutex_t pool_mu; /* the spare nodes (a push per batch, a pop per append) */
+    node_t *pool;
+    uint32_t npool;
 
     pthread_mutex_t res_mu; /* serializes sb_store_reserve() */
     _Atomic uint64_t reserved;
@@ -773,11 +786,61 @@ static int roll(sb_store_t *s, uint64_t base)
     return 0;
 }
 
-static void finish(sb_store_t *s, node_t *n, int status)
+/* Spare nodes of one batch, store thread only, handed to the pool at its end. */
+typedef struct {
+    node_t *head, *tail;
+    uint32_t n;
+} spares_t;
+
+static void finish(sb_store_t *s, node_t *n, int status, spares_t *sp)
 {
     atomic_fetch_add(status == 0 ? &s->appends : &s->failed, 1);
     if (n->cb) n->cb(n->ud, status);
-    free(n);
+    if (!n->pooled) {
+        free(n);
+        return;
+    }
+    n->next = sp->head;
+    sp->head = n;
+    if (!sp->tail) sp->tail = n;
+    sp->n++;
+}
+
+/* One lock for the whole batch's spares; what the pool cannot keep is freed. */
+static void pool_give(sb_store_t *s, spares_t *sp)
+{
+    if (!sp->head) return;
+    pthread_mutex_lock(&s->pool_mu);
+    bool fits = s->npool + sp->n <= NODE_POOL_MAX;
+    if (fits) {
+        sp->tail->next = s->pool;
+        s->pool = sp->head;
+        s->npool += sp->n;
+    }
+    pthread_mutex_unlock(&s->pool_mu);
+    if (fits) return;
+    for (node_t *n = sp->head, *next; n; n = next) {
+        next = n->next;
+        free(n);
+    }
+}
+
+static node_t *node_alloc(sb_store_t *s, size_t len)
+{
+    if (sizeof(node_t) + len > NODE_POOL_BYTES) {
+        node_t *n = malloc(sizeof *n + len);
+        if (n) n->pooled = false;
+        return n;
+    }
+    pthread_mutex_lock(&s->pool_mu);
+    node_t *n = s->pool;
+    if (n) {
+        s->pool = n->next;
+        s->npool--;
+    }
+    pthread_mutex_unlock(&s->pool_mu);
+    if (!n && (n = malloc(NODE_POOL_BYTES))) n->pooled = true;
+    return n;
 }
 
 /* Writes one run of records that all go into the active segment g, syncs it
@@ -830,6 +893,7 @@ static int write_run(sb_store_t *s, seg_t *g, node_t *first, size_t cnt)
  * the active segment, rolling between runs; then fires every callback. */
 static void commit(sb_store_t *s, node_t *batch)
 {
+    spares_t sp = {0};
     node_t *n = batch;
     while (n) {
         seg_t *g = s->active;
@@ -843,9 +907,10 @@ static void commit(sb_store_t *s, node_t *batch)
                                    "dir=%s err=%s", s->dir, ename(rc, eb));
                 while (n) {
                     node_t *next = n->next;
-                    finish(s, n, rc);
+                    finish(s, n, rc, &sp);
                     n = next;
                 }
+                pool_give(s, &sp);
                 return;
             }
             g = s->active;
@@ -861,10 +926,11 @@ static void commit(sb_store_t *s, node_t *batch)
         int rc = write_run(s, g, n, cnt);
         while (n != end) {
             node_t *next = n->next;
-            finish(s, n, rc);
+            finish(s, n, rc, &sp);
             n = next;
         }
     }
+    pool_give(s, &sp);
 }
 
 static struct timespec mono_deadline(uint64_t at_us)
@@ -964,6 +1030,11 @@ static void store_free(sb_store_t *s)
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->meta_mu);
     pthread_mutex_destroy(&s->res_mu);
+    for (node_t *n = s->pool, *next; n; n = next) {
+        next = n->next;
+        free(n);
+    }
+    pthread_mutex_destroy(&s->pool_mu);
     free(s->dir);
     free(s);
 }
@@ -989,6 +1060,7 @@ int sb_store_open(const sb_store_opts_t *o, sb_store_t **out)
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_mutex_init(&s->meta_mu, NULL);
     pthread_mutex_init(&s->res_mu, NULL);
+    pthread_mutex_init(&s->pool_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1036,7 +1108,7 @@ static int append(sb_store_t *s, const sb_store_rec_t *r, sb_store_done_cb cb, v
     long len = sb_store_rec_size(r);
     if (len < 0) return (int)len;
     /* Encode outside the lock: the CRC and the copy are the expensive part. */
-    node_t *n = malloc(sizeof *n + (size_t)len);
+    node_t *n = node_alloc(s, (size_t)len);
     if (!n) return SB_ENOMEM;
     sb_store_rec_encode(r, n->buf, (size_t)len);
     n->next = NULL;

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { sleep, sseConnect, startServer, waitFor } from './lib/server.mjs';
+import { rawRequest, sleep, sseConnect, startServer, waitFor } from './lib/server.mjs';
 
 const dirs = [];
 function tmpDir(tag) {
@@ -350,6 +350,45 @@ describe('resume across a restart', () => {
       assert.equal(info.last.id, first.body.id);
       assert.deepEqual(info.last.data, { v: 1 });
       conn.close();
+    } finally {
+      await srv.kill();
+    }
+  });
+});
+
+// ---- pipelining ----------------------------------------------------------------
+
+// A pending durable acknowledgement no longer stops the connection's reading;
+// only input that arrives meanwhile does, and it is parsed once the answer is
+// out. Both ways in: everything in one write (buffered behind the first
+// publish), and one request per write, 1 ms apart (most arrive while an
+// earlier one waits for its fdatasync).
+describe('pipelined publishes behind a pending acknowledgement', () => {
+  const N = 20;
+  const req = (i) => {
+    const b = JSON.stringify({ data: i });
+    return `POST /v1/channels/pipe/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${b.length}\r\n\r\n${b}`;
+  };
+  const tail = 'GET /v1/channels/pipe/messages?limit=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n';
+
+  function check(raw, round) {
+    const statuses = [...raw.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+    assert.deepEqual(statuses, [...Array(N).fill(201), 200], raw.slice(0, 400));
+    const bodies = raw.split('HTTP/1.1 ').slice(1).map((r) => JSON.parse(r.slice(r.indexOf('\r\n\r\n') + 4)));
+    const ids = bodies.slice(0, N).map((b) => b.id);
+    const hist = bodies[N].messages.filter((m) => m.data >= round * 100 && m.data < round * 100 + N);
+    assert.deepEqual(hist.map((m) => m.data), [...Array(N).keys()].map((i) => round * 100 + i),
+      'every publish stored once, in send order');
+    assert.deepEqual(hist.map((m) => m.id), ids, 'each answered with its stored id, in order');
+  }
+
+  test('--fsync always: one write, and one request per write', async () => {
+    const srv = await startServer(durableArgs(tmpDir('pipe'), 'always'));
+    try {
+      const all = [...Array(N).keys()].map((i) => req(i)).join('') + tail;
+      check(await rawRequest(srv.port, all, { ms: 10000 }), 0);
+      const parts = [...[...Array(N).keys()].map((i) => req(100 + i)), tail];
+      check(await rawRequest(srv.port, '', { ms: 10000, chunks: parts, gapMs: 1 }), 1);
     } finally {
       await srv.kill();
     }
