@@ -341,6 +341,7 @@ static void flush_conn(sb_conn_t *c)
 {
     sb_loop_t *loop = c->loop;
     if (c->flags & (SB_CONN_WRITING | SB_CONN_CLOSING)) return;
+    if ((c->flags & SB_CONN_PEER_EOF) && !c->holds) c->flags |= SB_CONN_ENDING;
     if (c->tls) tls_encrypt(c);
     if (c->flags & SB_CONN_CLOSING) return;
     if (writable(c) == 0) {
@@ -524,6 +525,9 @@ bool sb_conn_release(sb_conn_t *c)
         free(c);
         return false;
     }
+    /* A half-closed client: the flush pass of this turn, after the caller
+     * queued the answer, writes it and ends the connection. */
+    if (c->holds == 0 && (c->flags & SB_CONN_PEER_EOF)) mark_pending(c);
     return !(c->flags & (SB_CONN_DEAD | SB_CONN_CLOSING));
 }
 
@@ -754,6 +758,15 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     sb_conn_t *c = s->data;
     if (c->flags & SB_CONN_CLOSING) return;
     if (nread < 0) {
+        if (nread == UV_EOF && c->holds && !(c->flags & SB_CONN_SHUTDOWN)) {
+            /* The client half-closed while an acknowledgement it waits for (a
+             * durable publish) is still on its way: answer it first, then end
+             * the connection (sb_conn_release). Reading no longer pauses while
+             * such an answer is pending, so the FIN can arrive before it. */
+            c->flags |= SB_CONN_PEER_EOF;
+            uv_read_stop(s);
+            return;
+        }
         /* EOF or reset. A client closing an SSE or WebSocket connection is
          * noticed here at once and all its state goes in close_cb. */
         sb_conn_close(c);

@@ -60,6 +60,7 @@ enum {
     SB_CONN_REPROCESS = 1 << 7, /* run on_data over buffered input at the next flush pass */
     SB_CONN_DEAD = 1 << 8,      /* closed; the struct lives on only for its holders */
     SB_CONN_SENDQ = 1 << 9,     /* a send of it waits in the loop's send queue (with WRITING) */
+    SB_CONN_PEER_EOF = 1 << 10, /* the peer half-closed while a hold was out: end after it */
 };
 
 struct sb_conn {

@@ -395,6 +395,36 @@ describe('pipelined publishes behind a pending acknowledgement', () => {
   });
 });
 
+// A client that sends its publish and half-closes at once (shutdown of its
+// sending side, as `printf ... | nc` does) still gets the 201 once the record
+// is durable, then a clean end of the connection: the FIN arrives while the
+// acknowledgement is pending, since reading no longer pauses for it.
+describe('half-close before the durable acknowledgement', () => {
+  test('--fsync always: the 201 arrives, the message is stored once', async () => {
+    const srv = await startServer(durableArgs(tmpDir('halfclose'), 'always'));
+    try {
+      for (let i = 0; i < 5; i++) {
+        const body = JSON.stringify({ data: `half-${i}` });
+        const raw = await new Promise((resolve, reject) => {
+          const s = net.connect(srv.port, '127.0.0.1');
+          let got = '';
+          s.on('data', (d) => { got += d; });
+          s.on('end', () => resolve(got));
+          s.on('error', reject);
+          s.setTimeout(5000, () => { s.destroy(); resolve(got); });
+          s.end(`POST /v1/channels/half/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        });
+        assert.match(raw, /^HTTP\/1\.1 201 /, `round ${i}: ${raw.slice(0, 200)}`);
+        const id = JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)).id;
+        const hist = await (await fetch(`http://127.0.0.1:${srv.port}/v1/channels/half/messages?limit=100`)).json();
+        assert.deepEqual(hist.messages.filter((m) => m.data === `half-${i}`).map((m) => m.id), [id]);
+      }
+    } finally {
+      await srv.kill();
+    }
+  });
+});
+
 // ---- retention ------------------------------------------------------------------
 
 // Bytes of the segment files, which is what --retain-bytes caps; the
