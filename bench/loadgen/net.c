@@ -861,21 +861,19 @@ void lg_net_uring_init(void)
 
 bool lg_net_uring_active(void) { return rx_on; }
 
-static void rx_batch(lg_conn_t **cs_orig, int n)
+static void rx_batch(lg_conn_t **cs, int n)
 {
-    lg_conn_t *cs[RX_SLOTS];
-    memcpy(cs, cs_orig, (size_t)n * sizeof *cs);
     size_t left[RX_SLOTS];
-    bool raw[RX_SLOTS];
+    bool raw[RX_SLOTS], plain[RX_SLOTS];
     ssize_t res[RX_SLOTS];
     for (int i = 0; i < n; i++) {
         char *buf = rx_buf + (size_t)i * RX_SLOT_BYTES;
         left[i] = read_prefix(cs[i], buf, &raw[i]);
         res[i] = -EAGAIN;
-        if (left[i] >= RX_SLOT_BYTES) { /* a long partial message: read it the plain way */
-            cs[i] = NULL;
+        /* a partial message longer than a slot is read the plain way */
+        plain[i] = left[i] >= RX_SLOT_BYTES;
+        if (plain[i])
             continue;
-        }
         struct io_uring_sqe *sqe = io_uring_get_sqe(&rx_ring);
         io_uring_prep_recv(sqe, cs[i]->fd, buf + left[i], RX_SLOT_BYTES - left[i], MSG_DONTWAIT);
         io_uring_sqe_set_data64(sqe, (uint64_t)i);
@@ -893,8 +891,8 @@ static void rx_batch(lg_conn_t **cs_orig, int n)
     }
     for (int i = 0; i < n; i++) {
         lg_conn_t *c = cs[i];
-        if (!c) {
-            read_all(cs_orig[i]);
+        if (plain[i]) {
+            read_all(c);
             continue;
         }
         if (c->fd < 0)

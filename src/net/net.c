@@ -327,7 +327,7 @@ static void sendq_run(sb_loop_t *loop)
     if (!loop->sendq || !sb_sendq_len(loop->sendq)) return;
     SB_STAT_ADD(loop, write_syscalls, 1);
     sb_sendq_run(loop->sendq, sendq_done);
-    if (!sb_sendq_room(loop->sendq, 1)) {
+    if (sb_sendq_failed(loop->sendq)) {
         sb_error("io_uring failed; this loop writes with plain system calls from now on",
                  "loop=%d", loop->id);
         sb_sendq_free(loop->sendq);

@@ -81,6 +81,8 @@ bool sb_sendq_room(const sb_sendq_t *q, unsigned n)
 
 unsigned sb_sendq_len(const sb_sendq_t *q) { return q->n; }
 
+bool sb_sendq_failed(const sb_sendq_t *q) { return q->broken; }
+
 void sb_sendq_add(sb_sendq_t *q, int fd, const struct iovec *iov, unsigned n, void *ud)
 {
     /* The ring has SB_SENDQ_MAX entries and is empty between runs, so a
@@ -159,6 +161,7 @@ sb_sendq_t *sb_sendq_new(const char **why)
 void sb_sendq_free(sb_sendq_t *q) { (void)q; }
 bool sb_sendq_room(const sb_sendq_t *q, unsigned n) { return false; }
 unsigned sb_sendq_len(const sb_sendq_t *q) { return 0; }
+bool sb_sendq_failed(const sb_sendq_t *q) { return true; }
 void sb_sendq_add(sb_sendq_t *q, int fd, const struct iovec *iov, unsigned n, void *ud) {}
 unsigned sb_sendq_run(sb_sendq_t *q, void (*done)(void *ud, ssize_t result)) { return 0; }
 

@@ -33,6 +33,9 @@ typedef struct sb_sendq sb_sendq_t;
 sb_sendq_t *sb_sendq_new(const char **why);
 void sb_sendq_free(sb_sendq_t *q);
 
+/* True once the ring has failed (sb_sendq_run said so by -EIO): nothing is
+ * queued any more, and the caller should free it and write the plain way. */
+bool sb_sendq_failed(const sb_sendq_t *q);
 /* Room for one more send of n iovecs? When false, run the queue first. */
 bool sb_sendq_room(const sb_sendq_t *q, unsigned n);
 /* Queues sendmsg(fd, iov[0..n), MSG_DONTWAIT | MSG_NOSIGNAL) for `ud`. The

@@ -78,6 +78,7 @@ static void test_many(sb_sendq_t *q)
         close(sv[i][1]);
     }
     CHECK_EQ_INT(sb_sendq_run(q, done), 0); /* an empty run is a no-op */
+    CHECK(!sb_sendq_failed(q));
 }
 
 static void test_gather(sb_sendq_t *q)
