@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench (issue 9): every scenario against Switchboard and the peers users would
 # pick instead (nchan, Node `ws` rooms, a Node SSE server), in turns, in one run, on
-# loopback, with the same generator (build/.../sb_loadgen). Nothing is pinned: the
-# figure that holds on a shared two-core machine is the server's CPU per delivered
-# message, read from /proc/<pid>/stat around each measured phase.
+# loopback, with the same generator (build/.../sb_loadgen). Servers are pinned to core
+# 0 and the generator to core 1 (BENCH_PIN below); the figure that holds on a shared
+# two-core machine is the server's CPU per delivered message, read from
+# /proc/<pid>/stat around each measured phase.
 #
 # Environment:
 #   BENCH_QUICK=1         a ~2-minute version (small counts, short phases)
