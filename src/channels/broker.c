@@ -275,6 +275,8 @@ static void chan_unregister(sb_chan_t *c)
 /* ---- history ring (broker lock held) ---- */
 static sb_msg_t *ring_at(sb_chan_t *c, uint32_t i) { return c->ring[(c->ring_head + i) % c->ring_cap]; }
 
+static void msg_release(sb_msg_t *m);
+
 static void ring_drop_oldest(sb_chan_t *c)
 {
     sb_msg_t *m = c->ring[c->ring_head];
@@ -283,7 +285,7 @@ static void ring_drop_oldest(sb_chan_t *c)
     c->ring_len--;
     if (m->seq > c->evicted_upto) c->evicted_upto = m->seq;
     B.messages_kept--;
-    sb_msg_unref(m);
+    msg_release(m);
 }
 
 static void ring_expire(sb_chan_t *c, int64_t now)
@@ -521,7 +523,63 @@ static void pub_done_task(sb_loop_t *loop, void *a, void *b)
  * take of the loop's inbox lock, contended by the loop) instead of 100. */
 typedef struct ack_queue {
     pub_wait_t *head, *tail;
+    struct grave *graves; /* messages whose last references the store thread dropped */
 } ack_queue_t;
+
+/* Messages released by the store thread during a group (the ring's oldest,
+ * the old `last`, the waiter's reference) go back to the loop that made them
+ * and are released there: a message freed on the store thread refills that
+ * thread's malloc cache, not the loop's, and takes the loop's arena lock
+ * against the loop's own mallocs (it showed as futex time on both threads). */
+typedef struct grave {
+    struct grave *next;
+    uint32_t n, cap;
+    sb_msg_t *m[];
+} grave_t;
+
+static void grave_release(grave_t *g)
+{
+    while (g) {
+        grave_t *next = g->next;
+        for (uint32_t i = 0; i < g->n; i++) sb_msg_unref(g->m[i]);
+        free(g);
+        g = next;
+    }
+}
+
+/* The store thread's group in progress (see sb_broker_durable_group); only
+ * that thread touches it, and only while it holds B.mu for the group. */
+static _Thread_local struct {
+    bool on;
+    sb_loop_t *loop;     /* where the graves go: the loop of the group's first waiter */
+    grave_t *grave;      /* the current array */
+    pub_wait_t *settle;  /* outcomes to hand over once the lock is released */
+} G;
+
+/* Drops one reference. Inside a store group the message is kept for its loop
+ * instead, unless it is not the last reference (then dropping it frees nothing). */
+static void msg_release(sb_msg_t *m)
+{
+    if (!m) return;
+    if (!G.on || atomic_load_explicit(&m->_refs, memory_order_acquire) > 1) {
+        sb_msg_unref(m);
+        return;
+    }
+    grave_t *g = G.grave;
+    if (!g || g->n == g->cap) {
+        uint32_t cap = g ? g->cap * 2 : 64;
+        grave_t *ng = malloc(sizeof *ng + cap * sizeof ng->m[0]);
+        if (!ng) {
+            sb_msg_unref(m);
+            return;
+        }
+        ng->next = g;
+        ng->n = 0;
+        ng->cap = cap;
+        G.grave = g = ng;
+    }
+    g->m[g->n++] = m;
+}
 
 /* On the loop: runs every acknowledgement queued for it so far. */
 static void acks_task(sb_loop_t *loop, void *a, void *b)
@@ -529,14 +587,32 @@ static void acks_task(sb_loop_t *loop, void *a, void *b)
     pthread_mutex_lock(&B.mu);
     ack_queue_t *q = &B.acks[loop->id];
     pub_wait_t *w = q->head;
+    grave_t *graves = q->graves;
     q->head = q->tail = NULL;
+    q->graves = NULL;
     pthread_mutex_unlock(&B.mu);
+    grave_release(graves);
     while (w) {
         pub_wait_t *next = w->next;
         w->cb(w->ud, w->status, w->seq);
         free(w);
         w = next;
     }
+}
+
+/* Under B.mu: the acknowledgement queue of a loop, grown on first use. */
+static ack_queue_t *ack_queue_locked(sb_loop_t *loop)
+{
+    int id = loop->id;
+    if (id >= B.nacks) {
+        int n = sb_net.nloops > id ? sb_net.nloops : id + 1;
+        ack_queue_t *q = realloc(B.acks, (size_t)n * sizeof *q);
+        if (!q) return NULL;
+        memset(q + B.nacks, 0, (size_t)(n - B.nacks) * sizeof *q);
+        B.acks = q;
+        B.nacks = n;
+    }
+    return &B.acks[id];
 }
 
 /* Under B.mu: queues w's outcome for its loop. Returns false when w has no
@@ -546,24 +622,17 @@ static bool ack_enqueue_locked(pub_wait_t *w, int status)
 {
     w->status = status;
     if (!w->cb || !w->loop || atomic_load(&B.quiesced)) return false;
-    int id = w->loop->id;
-    if (id >= B.nacks) {
-        int n = sb_net.nloops > id ? sb_net.nloops : id + 1;
-        ack_queue_t *q = realloc(B.acks, (size_t)n * sizeof *q);
-        if (!q) return false;
-        memset(q + B.nacks, 0, (size_t)(n - B.nacks) * sizeof *q);
-        B.acks = q;
-        B.nacks = n;
-    }
-    ack_queue_t *q = &B.acks[id];
+    ack_queue_t *q = ack_queue_locked(w->loop);
+    if (!q) return false;
     w->next = NULL;
     if (q->tail) {
         q->tail->next = w;
     } else {
         q->head = w;
-        sb_loop_post(w->loop, acks_task, NULL, NULL);
+        if (!q->graves) sb_loop_post(w->loop, acks_task, NULL, NULL);
     }
     q->tail = w;
+    if (G.on && !G.loop) G.loop = w->loop;
     return true;
 }
 
@@ -592,7 +661,7 @@ static void pub_durable(void *ud, int status)
     sb_msg_t *m = w->m;
     sb_chan_t *c = m->chan;
     int64_t now = sb_now_ms();
-    pthread_mutex_lock(&B.mu);
+    if (!G.on) pthread_mutex_lock(&B.mu);
     c->pending--;
     if (w->idem) {
         w->idem->pending = NULL;
@@ -606,7 +675,7 @@ static void pub_durable(void *ud, int status)
         if (m->seq > B.visible) B.visible = m->seq;
         ring_expire(c, now);
         ring_push(c, m);
-        sb_msg_unref(c->last);
+        msg_release(c->last);
         c->last = sb_msg_ref(m);
         if (!atomic_load(&B.quiesced))
             for (int i = 0; i < sb_net.nloops; i++)
@@ -616,8 +685,11 @@ static void pub_durable(void *ud, int status)
     /* Queued after the deliveries above, and after the message entered
      * history: an acknowledged id is always readable. From here on the loop
      * owns whatever was queued; w may be gone once the lock is released. */
-    bool queued = ack_enqueue_locked(w, status);
     pub_wait_t *rest = NULL;
+    if (!ack_enqueue_locked(w, status)) {
+        w->next = rest;
+        rest = w;
+    }
     while (dups) {
         pub_wait_t *next = dups->next;
         if (!ack_enqueue_locked(dups, status)) {
@@ -626,13 +698,58 @@ static void pub_durable(void *ud, int status)
         }
         dups = next;
     }
+    if (G.on) {
+        /* The group's end hands these over, after the lock. */
+        msg_release(m);
+        while (rest) {
+            pub_wait_t *next = rest->next;
+            rest->next = G.settle;
+            G.settle = rest;
+            rest = next;
+        }
+        return;
+    }
     pthread_mutex_unlock(&B.mu);
     sb_msg_unref(m);
-    if (!queued) pub_ack(w, status);
     while (rest) {
         pub_wait_t *next = rest->next;
         pub_ack(rest, status);
         rest = next;
+    }
+}
+
+void sb_broker_durable_group(bool begin)
+{
+    if (begin) {
+        pthread_mutex_lock(&B.mu);
+        G.on = true;
+        return;
+    }
+    if (!G.on) return;
+    G.on = false;
+    grave_t *left = G.grave;
+    G.grave = NULL;
+    if (left && G.loop && !atomic_load(&B.quiesced)) {
+        ack_queue_t *q = ack_queue_locked(G.loop);
+        if (q) {
+            if (!q->head && !q->graves) sb_loop_post(G.loop, acks_task, NULL, NULL);
+            grave_t *tail = left;
+            while (tail->next) tail = tail->next;
+            tail->next = q->graves;
+            q->graves = left;
+            left = NULL;
+        }
+    }
+    G.loop = NULL;
+    pub_wait_t *settle = G.settle;
+    G.settle = NULL;
+    pthread_mutex_unlock(&B.mu);
+    /* No loop to take them (a group without waiters, or the loops are gone). */
+    grave_release(left);
+    while (settle) {
+        pub_wait_t *next = settle->next;
+        pub_ack(settle, settle->status);
+        settle = next;
     }
 }
 

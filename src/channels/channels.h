@@ -155,6 +155,11 @@ typedef void (*sb_publish_cb_t)(void *ud, int status, uint64_t seq);
 typedef int (*sb_store_append_fn)(sb_msg_t *m, sb_str_t idem_key, void (*done)(void *, int), void *ud);
 void sb_broker_set_store(sb_store_append_fn fn);
 
+/* The store's group hooks (sb_store_opts_t.group_begin/end), on its thread:
+ * between begin and end every done() callback of the group runs under one take
+ * of the broker lock, and what they release goes back to the publishing loop. */
+void sb_broker_durable_group(bool begin);
+
 /* Durable mode: returns the highest id the broker may issue, about to issue
  * `next`. Called under the broker lock on every durable publish, so it must be
  * cheap and never block on disk (it may ask for a new block asynchronously).

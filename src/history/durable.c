@@ -73,6 +73,9 @@ static uint64_t limit_hook(uint64_t next)
     return lim;
 }
 
+static void group_begin(void *ud) { sb_broker_durable_group(true); }
+static void group_end(void *ud) { sb_broker_durable_group(false); }
+
 static int parse_fsync(const char *s, sb_fsync_mode_t *out)
 {
     if (!strcmp(s, "always"))
@@ -99,7 +102,7 @@ int sb_history_init(void)
         snprintf(H.mode, sizeof H.mode, "memory");
         return 0;
     }
-    sb_store_opts_t o = {.dir = dir};
+    sb_store_opts_t o = {.dir = dir, .group_begin = group_begin, .group_end = group_end};
     if (parse_fsync(sb_cfg.fsync, &o.fsync) < 0) {
         sb_error("history: --fsync must be always, batch or off", "fsync=%s", sb_cfg.fsync);
         return -1;

@@ -35,6 +35,7 @@ static int bound_port;
 static void flush_pass(sb_loop_t *loop);
 
 sb_loop_t *sb_loop_current(void) { return current_loop; }
+void sb_loop_bind_current(sb_loop_t *loop) { current_loop = loop; }
 
 /* ---- histograms ---- */
 static int hist_bucket(uint64_t us)

@@ -183,6 +183,9 @@ void sb_net_free(void);
 void sb_loop_post(sb_loop_t *loop, sb_task_fn fn, void *a, void *b);
 /* The loop whose thread is calling, or NULL on other threads. */
 sb_loop_t *sb_loop_current(void);
+/* Makes `loop` the calling thread's loop (NULL: none): for unit tests that run
+ * a loop with uv_run on their own thread instead of sb_net_start. */
+void sb_loop_bind_current(sb_loop_t *loop);
 
 /* Creates a connection on `loop` that no socket backs (for fuzzers and unit
  * tests that drive a protocol's on_data directly): writes to it fail and close

@@ -45,6 +45,13 @@ typedef struct {
     uint64_t segment_bytes;   /* roll to a new segment past this (default 64 MiB) */
     uint64_t retain_bytes;    /* delete oldest whole segments past this total; 0 = no cap */
     int64_t retain_ms;        /* delete segments whose newest record is older; 0 = no cap */
+    /* Optional, on the store thread: every completion callback of one written
+     * run (the records of a group commit that share a write and an fdatasync)
+     * runs between group_begin and group_end, in seq order. The broker takes
+     * its lock once per group instead of once per record with them. */
+    void (*group_begin)(void *ud);
+    void (*group_end)(void *ud);
+    void *group_ud;
 } sb_store_opts_t;
 
 #define SB_STORE_BATCH_WINDOW_US_DEFAULT 5000u

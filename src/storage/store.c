@@ -889,6 +889,16 @@ static int write_run(sb_store_t *s, seg_t *g, node_t *first, size_t cnt)
     return 0;
 }
 
+static void group_begin(sb_store_t *s)
+{
+    if (s->o.group_begin) s->o.group_begin(s->o.group_ud);
+}
+
+static void group_end(sb_store_t *s)
+{
+    if (s->o.group_end) s->o.group_end(s->o.group_ud);
+}
+
 /* Writes a batch taken from the queue, in order, as runs of records that fit
  * the active segment, rolling between runs; then fires every callback. */
 static void commit(sb_store_t *s, node_t *batch)
@@ -905,11 +915,13 @@ static void commit(sb_store_t *s, node_t *batch)
                 char eb[32];
                 sb_log_ratelimited(SB_LOG_ERROR, 1000, "storage: could not create a segment",
                                    "dir=%s err=%s", s->dir, ename(rc, eb));
+                group_begin(s);
                 while (n) {
                     node_t *next = n->next;
                     finish(s, n, rc, &sp);
                     n = next;
                 }
+                group_end(s);
                 pool_give(s, &sp);
                 return;
             }
@@ -924,11 +936,13 @@ static void commit(sb_store_t *s, node_t *batch)
             end = end->next;
         }
         int rc = write_run(s, g, n, cnt);
+        group_begin(s);
         while (n != end) {
             node_t *next = n->next;
             finish(s, n, rc, &sp);
             n = next;
         }
+        group_end(s);
     }
     pool_give(s, &sp);
 }
