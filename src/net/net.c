@@ -360,7 +360,13 @@ static void flush_conn(sb_conn_t *c)
             /* uv_buf_t is laid out as struct iovec on Unix. Until the send has
              * run, the entries count as in flight (WRITING): no policy drops
              * them and no other write starts. */
-            sb_sendq_add(loop->sendq, fd, (const struct iovec *)iov, n, c);
+            if (!(c->flags & SB_CONN_SQ_TRIED)) {
+                /* Once per connection, at its first send: later sends name
+                 * the socket by its slot (no file lookup per send). */
+                c->flags |= SB_CONN_SQ_TRIED;
+                c->sq_slot = sb_sendq_register(loop->sendq, fd);
+            }
+            sb_sendq_add(loop->sendq, fd, c->sq_slot, (const struct iovec *)iov, n, c);
             c->flags |= SB_CONN_WRITING | SB_CONN_SENDQ;
             c->inflight = n;
             return;
@@ -537,7 +543,21 @@ void sb_conn_close(sb_conn_t *c)
     if (c->flags & SB_CONN_CLOSING) return;
     /* uv_close closes the descriptor at once, and a send still queued for it
      * would go to whatever file gets that number next: run the queue first. */
-    if (c->flags & SB_CONN_SENDQ) sendq_run(c->loop);
+    sb_loop_t *loop = c->loop;
+    if (c->flags & SB_CONN_SENDQ) sendq_run(loop);
+    if ((c->flags & SB_CONN_SQ_TRIED) && c->sq_slot >= 0 && loop->sendq) {
+        /* The ring's table holds a reference to the socket: drop it first, or
+         * closing the descriptor would not close the connection. (A ring that
+         * was torn down dropped all of them.) */
+        sb_sendq_unregister(loop->sendq, c->sq_slot);
+        if (sb_sendq_failed(loop->sendq)) {
+            sb_error("io_uring failed; this loop writes with plain system calls from now on",
+                     "loop=%d", loop->id);
+            sb_sendq_free(loop->sendq);
+            loop->sendq = NULL;
+        }
+    }
+    c->sq_slot = -1;
     c->flags |= SB_CONN_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, close_cb);
 }
@@ -797,6 +817,7 @@ static sb_conn_t *conn_alloc(sb_loop_t *loop)
     c->id = atomic_fetch_add(&next_conn_id, 1);
     c->q = c->qinline;
     c->qcap = SB_OUT_INLINE;
+    c->sq_slot = -1;
     c->created_ms = loop->now_ms;
     uv_tcp_init(&loop->uv, &c->tcp);
     c->tcp.data = c;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #ifdef SB_HAVE_URING
@@ -12,6 +13,7 @@
 struct sb_sendq {
     struct io_uring ring;
     bool broken; /* the ring failed once: it is gone, every send goes the plain way */
+    unsigned nslots; /* registered-file table size (0: none; slot = descriptor) */
     unsigned n, niov;
     void *ud[SB_SENDQ_MAX];
     struct msghdr msg[SB_SENDQ_MAX];
@@ -64,7 +66,35 @@ sb_sendq_t *sb_sendq_new(const char **why)
         free(q);
         return NULL;
     }
+    /* A sparse table as large as the descriptor limit (slot = descriptor). A
+     * kernel without sparse tables (before 5.19) keeps plain descriptors. */
+    struct rlimit rl;
+    unsigned want = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        want = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > SB_SENDQ_SLOTS_MAX
+                   ? SB_SENDQ_SLOTS_MAX
+                   : (unsigned)rl.rlim_cur;
+    if (want && io_uring_register_files_sparse(&q->ring, want) == 0) q->nslots = want;
     return q;
+}
+
+int sb_sendq_register(sb_sendq_t *q, int fd)
+{
+    if (q->broken || fd < 0 || (unsigned)fd >= q->nslots) return -1;
+    return io_uring_register_files_update(&q->ring, (unsigned)fd, &fd, 1) == 1 ? fd : -1;
+}
+
+void sb_sendq_unregister(sb_sendq_t *q, int slot)
+{
+    if (q->broken || slot < 0 || (unsigned)slot >= q->nslots) return;
+    int none = -1;
+    if (io_uring_register_files_update(&q->ring, (unsigned)slot, &none, 1) != 1) {
+        /* The table would keep the socket open behind a closed descriptor;
+         * tearing the ring down drops every reference it holds. The caller
+         * sees sb_sendq_failed and writes the plain way from now on. */
+        io_uring_queue_exit(&q->ring);
+        q->broken = true;
+    }
 }
 
 void sb_sendq_free(sb_sendq_t *q)
@@ -83,11 +113,12 @@ unsigned sb_sendq_len(const sb_sendq_t *q) { return q->n; }
 
 bool sb_sendq_failed(const sb_sendq_t *q) { return q->broken; }
 
-void sb_sendq_add(sb_sendq_t *q, int fd, const struct iovec *iov, unsigned n, void *ud)
+void sb_sendq_add(sb_sendq_t *q, int fd, int slot, const struct iovec *iov, unsigned n, void *ud)
 {
     /* The ring has SB_SENDQ_MAX entries and is empty between runs, so a
      * submission entry is always there while sb_sendq_room holds. */
     struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+    if (slot >= 0) fd = slot;
     const int flags = MSG_DONTWAIT | MSG_NOSIGNAL;
     if (n == 1) {
         /* The common fan-out case, one frame: a plain send skips copying and
@@ -103,6 +134,7 @@ void sb_sendq_add(sb_sendq_t *q, int fd, const struct iovec *iov, unsigned n, vo
         io_uring_prep_sendmsg(sqe, fd, m, flags);
         q->niov += n;
     }
+    if (slot >= 0) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
     io_uring_sqe_set_data64(sqe, q->n);
     q->ud[q->n++] = ud;
 }
@@ -162,7 +194,9 @@ void sb_sendq_free(sb_sendq_t *q) { (void)q; }
 bool sb_sendq_room(const sb_sendq_t *q, unsigned n) { return false; }
 unsigned sb_sendq_len(const sb_sendq_t *q) { return 0; }
 bool sb_sendq_failed(const sb_sendq_t *q) { return true; }
-void sb_sendq_add(sb_sendq_t *q, int fd, const struct iovec *iov, unsigned n, void *ud) {}
+int sb_sendq_register(sb_sendq_t *q, int fd) { return -1; }
+void sb_sendq_unregister(sb_sendq_t *q, int slot) {}
+void sb_sendq_add(sb_sendq_t *q, int fd, int slot, const struct iovec *iov, unsigned n, void *ud) {}
 unsigned sb_sendq_run(sb_sendq_t *q, void (*done)(void *ud, ssize_t result)) { return 0; }
 
 #endif
