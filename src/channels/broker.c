@@ -657,11 +657,16 @@ static void pub_ack(pub_wait_t *w, int status)
  * every loop still sees messages in id order. */
 static void pub_durable(void *ud, int status)
 {
+    if (!G.on) {
+        /* A store without group hooks: each completion is a group of one. */
+        sb_broker_durable_group(true);
+        pub_durable(ud, status);
+        sb_broker_durable_group(false);
+        return;
+    }
     pub_wait_t *w = ud;
     sb_msg_t *m = w->m;
     sb_chan_t *c = m->chan;
-    int64_t now = sb_now_ms();
-    if (!G.on) pthread_mutex_lock(&B.mu);
     c->pending--;
     if (w->idem) {
         w->idem->pending = NULL;
@@ -673,7 +678,7 @@ static void pub_durable(void *ud, int status)
     pub_wait_t *dups = w->dups;
     if (status == 0) {
         if (m->seq > B.visible) B.visible = m->seq;
-        ring_expire(c, now);
+        ring_expire(c, sb_now_ms());
         ring_push(c, m);
         msg_release(c->last);
         c->last = sb_msg_ref(m);
@@ -684,38 +689,21 @@ static void pub_durable(void *ud, int status)
     }
     /* Queued after the deliveries above, and after the message entered
      * history: an acknowledged id is always readable. From here on the loop
-     * owns whatever was queued; w may be gone once the lock is released. */
-    pub_wait_t *rest = NULL;
+     * owns whatever was queued; w may be gone once the lock is released.
+     * What has no loop to go to is settled at the group's end, after it. */
     if (!ack_enqueue_locked(w, status)) {
-        w->next = rest;
-        rest = w;
+        w->next = G.settle;
+        G.settle = w;
     }
     while (dups) {
         pub_wait_t *next = dups->next;
         if (!ack_enqueue_locked(dups, status)) {
-            dups->next = rest;
-            rest = dups;
+            dups->next = G.settle;
+            G.settle = dups;
         }
         dups = next;
     }
-    if (G.on) {
-        /* The group's end hands these over, after the lock. */
-        msg_release(m);
-        while (rest) {
-            pub_wait_t *next = rest->next;
-            rest->next = G.settle;
-            G.settle = rest;
-            rest = next;
-        }
-        return;
-    }
-    pthread_mutex_unlock(&B.mu);
-    sb_msg_unref(m);
-    while (rest) {
-        pub_wait_t *next = rest->next;
-        pub_ack(rest, status);
-        rest = next;
-    }
+    msg_release(m);
 }
 
 void sb_broker_durable_group(bool begin)

@@ -323,17 +323,22 @@ static void sendq_done(void *ud, ssize_t result)
     flush_done(c, result >= 0 ? (int)result : uv_translate_sys_error((int)-result));
 }
 
+/* A ring that failed is gone (sb_sendq_failed): the loop writes the plain way. */
+static void sendq_drop_if_failed(sb_loop_t *loop)
+{
+    if (!sb_sendq_failed(loop->sendq)) return;
+    sb_error("io_uring failed; this loop writes with plain system calls from now on", "loop=%d",
+             loop->id);
+    sb_sendq_free(loop->sendq);
+    loop->sendq = NULL;
+}
+
 static void sendq_run(sb_loop_t *loop)
 {
     if (!loop->sendq || !sb_sendq_len(loop->sendq)) return;
     SB_STAT_ADD(loop, write_syscalls, 1);
     sb_sendq_run(loop->sendq, sendq_done);
-    if (sb_sendq_failed(loop->sendq)) {
-        sb_error("io_uring failed; this loop writes with plain system calls from now on",
-                 "loop=%d", loop->id);
-        sb_sendq_free(loop->sendq);
-        loop->sendq = NULL;
-    }
+    sendq_drop_if_failed(loop);
 }
 
 /* Starts writing c's queue: one non-blocking vectored write, now or (with a
@@ -360,12 +365,9 @@ static void flush_conn(sb_conn_t *c)
             /* uv_buf_t is laid out as struct iovec on Unix. Until the send has
              * run, the entries count as in flight (WRITING): no policy drops
              * them and no other write starts. */
-            if (!(c->flags & SB_CONN_SQ_TRIED)) {
-                /* Once per connection, at its first send: later sends name
-                 * the socket by its slot (no file lookup per send). */
-                c->flags |= SB_CONN_SQ_TRIED;
-                c->sq_slot = sb_sendq_register(loop->sendq, fd);
-            }
+            /* Once per connection, at its first send: later sends name the
+             * socket by its slot (no file lookup per send). */
+            if (c->sq_slot == SB_SQ_UNTRIED) c->sq_slot = sb_sendq_register(loop->sendq, fd);
             sb_sendq_add(loop->sendq, fd, c->sq_slot, (const struct iovec *)iov, n, c);
             c->flags |= SB_CONN_WRITING | SB_CONN_SENDQ;
             c->inflight = n;
@@ -545,17 +547,12 @@ void sb_conn_close(sb_conn_t *c)
      * would go to whatever file gets that number next: run the queue first. */
     sb_loop_t *loop = c->loop;
     if (c->flags & SB_CONN_SENDQ) sendq_run(loop);
-    if ((c->flags & SB_CONN_SQ_TRIED) && c->sq_slot >= 0 && loop->sendq) {
+    if (c->sq_slot >= 0 && loop->sendq) {
         /* The ring's table holds a reference to the socket: drop it first, or
          * closing the descriptor would not close the connection. (A ring that
          * was torn down dropped all of them.) */
         sb_sendq_unregister(loop->sendq, c->sq_slot);
-        if (sb_sendq_failed(loop->sendq)) {
-            sb_error("io_uring failed; this loop writes with plain system calls from now on",
-                     "loop=%d", loop->id);
-            sb_sendq_free(loop->sendq);
-            loop->sendq = NULL;
-        }
+        sendq_drop_if_failed(loop);
     }
     c->sq_slot = -1;
     c->flags |= SB_CONN_CLOSING;
@@ -817,7 +814,7 @@ static sb_conn_t *conn_alloc(sb_loop_t *loop)
     c->id = atomic_fetch_add(&next_conn_id, 1);
     c->q = c->qinline;
     c->qcap = SB_OUT_INLINE;
-    c->sq_slot = -1;
+    c->sq_slot = SB_SQ_UNTRIED;
     c->created_ms = loop->now_ms;
     uv_tcp_init(&loop->uv, &c->tcp);
     c->tcp.data = c;

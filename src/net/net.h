@@ -61,8 +61,9 @@ enum {
     SB_CONN_DEAD = 1 << 8,      /* closed; the struct lives on only for its holders */
     SB_CONN_SENDQ = 1 << 9,     /* a send of it waits in the loop's send queue (with WRITING) */
     SB_CONN_PEER_EOF = 1 << 10, /* the peer half-closed while a hold was out: end after it */
-    SB_CONN_SQ_TRIED = 1 << 11, /* registering it with the send queue was tried (sq_slot) */
 };
+
+#define SB_SQ_UNTRIED (-2)
 
 struct sb_conn {
     uv_tcp_t tcp; /* first: the handle's data points back at the conn anyway */
@@ -89,7 +90,8 @@ struct sb_conn {
     uint32_t enc_upto;     /* TLS: queue entries [0, enc_upto) are ciphertext */
     bool tls_closing;      /* TLS: close_notify sent */
     uint32_t holds;        /* sb_conn_hold references: memory kept past the close */
-    int32_t sq_slot;       /* its registered-file slot in the loop's send queue, or -1 */
+    int32_t sq_slot;       /* its registered-file slot in the loop's send queue; -1: none,
+                            * SB_SQ_UNTRIED: not registered yet (before its first send) */
 };
 
 /* Per-loop counters. Each is written only by its loop's thread (relaxed
