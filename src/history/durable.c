@@ -111,6 +111,9 @@ int sb_history_init(void)
         o.batch_window_us =
             sb_cfg.fsync_batch_us > UINT32_MAX ? UINT32_MAX : (uint32_t)sb_cfg.fsync_batch_us;
     o.retain_bytes = sb_cfg.retain_bytes > 0 ? (uint64_t)sb_cfg.retain_bytes : 0;
+    /* Preallocation only pays where appends wait for an fdatasync; with
+     * --fsync off it would only write every block twice. */
+    if (o.fsync != SB_FSYNC_OFF) o.prealloc_bytes = SB_STORE_PREALLOC_BYTES_DEFAULT;
     /* Age retention follows the history TTL, since older messages are never
      * served, but keeps records at least as long as their idempotency keys
      * must be remembered across a restart. */

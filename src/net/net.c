@@ -1021,6 +1021,9 @@ static void loop_thread(void *arg)
 {
     sb_loop_t *l = arg;
     current_loop = l;
+    char name[16];
+    snprintf(name, sizeof name, "sb-loop-%d", l->id);
+    pthread_setname_np(pthread_self(), name);
     /* The ring belongs to the thread that submits to it (SINGLE_ISSUER). */
     if (strcmp(sb_cfg.io_uring, "off") != 0) {
         const char *why = NULL;

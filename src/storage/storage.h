@@ -45,6 +45,12 @@ typedef struct {
     uint64_t segment_bytes;   /* roll to a new segment past this (default 64 MiB) */
     uint64_t retain_bytes;    /* delete oldest whole segments past this total; 0 = no cap */
     int64_t retain_ms;        /* delete segments whose newest record is older; 0 = no cap */
+    /* Grow the active segment by writing this many zero bytes past its end
+     * at a time (capped by segment_bytes), so that most appends overwrite
+     * space the file already has and an fdatasync need not also write the
+     * inode. 0 = no preallocation (this field has no default: the caller
+     * picks, see SB_STORE_PREALLOC_BYTES_DEFAULT). */
+    uint32_t prealloc_bytes;
     /* Optional, on the store thread: every completion callback of one written
      * run (the records of a group commit that share a write and an fdatasync)
      * runs between group_begin and group_end, in seq order. The broker takes
@@ -57,6 +63,7 @@ typedef struct {
 #define SB_STORE_BATCH_WINDOW_US_DEFAULT 5000u
 #define SB_STORE_BATCH_QUIET_US_DEFAULT 100u
 #define SB_STORE_SEGMENT_BYTES_DEFAULT (64ull << 20)
+#define SB_STORE_PREALLOC_BYTES_DEFAULT (1u << 20)
 
 /* One record. In a record handed to a callback the slices point into the
  * store's read buffer and are valid during the callback only. */

@@ -552,12 +552,17 @@ describe('full disk', () => {
       const first = await publishOk(srv, 'disk', { i: 'first' });
       assert.equal(first.status, 201);
       const seg = path.join(dir, segments(dir)[0]);
-      // Let the active segment grow by about 20 KB more, then EFBIG.
-      const limit = fs.statSync(seg).size + 20000;
+      // Let the log grow by about 20 KB more past its last record, then
+      // EFBIG. The file is longer than that already (preallocated zeros), and
+      // a write past the limit fails wherever the file ends.
+      const last = readSegment(seg).at(-1);
+      const limit = last.off + last.size + 20000;
       execFileSync('prlimit', ['--pid', String(srv.child.pid), `--fsize=${limit}:unlimited`]);
       const acked = await fillUntilRefused(srv, 'disk', [first.body.id]);
       assert.ok(acked.length >= 10, `some publishes fit before the limit (${acked.length})`);
       assert.ok(fs.statSync(seg).size <= limit, 'no partial record was left behind');
+      const recs = readSegment(seg);
+      assert.equal(recs.at(-1).off + recs.at(-1).size, fs.statSync(seg).size, 'the file ends at a record');
       assert.match(srv.log(), /msg="storage: write failed".*err=EFBIG/);
 
       // Space again: publishes succeed again, and only what was acknowledged

@@ -142,6 +142,7 @@ static uint8_t *tu_read_file(const char *path, size_t *len)
     fseek(f, 0, SEEK_SET);
     uint8_t *p = malloc((size_t)n + 1);
     *len = fread(p, 1, (size_t)n, f);
+    p[*len] = 0; /* the log checks read it as a string */
     fclose(f);
     return p;
 }
@@ -549,13 +550,23 @@ static void test_torn_tail(void)
     }
     CHECK_EQ_INT(bad_garble, 0);
 
-    /* A zero-filled tail (a crash after the size but before the data reached
-     * the disk) and random garbage after the last record are cut too. */
+    /* A zero-filled tail (preallocated space, or a crash after the size but
+     * before the data reached the disk) ends the log cleanly: it is kept for
+     * appends, which go right after the last record. */
     memcpy(c, pristine, plen);
     memset(c + plen, 0, 4096);
     tu_write_file(seg, c, plen + 4096);
     CHECK_EQ_INT(count_and_check(dir, 20, NULL), 0);
-    CHECK_EQ_INT(file_size(seg), plen);
+    CHECK_EQ_INT(file_size(seg), plen + 4096);
+    s = tu_open(dir, SB_FSYNC_ALWAYS, 0);
+    if (s) {
+        CHECK_EQ_INT(tu_append_sync(s, 21), 0);
+        sb_store_close(s);
+    }
+    CHECK_EQ_INT(count_and_check(dir, 21, NULL), 0);
+    CHECK_EQ_INT(file_size(seg), plen + 4096);
+    /* Random garbage after the last record is cut. */
+    memcpy(c, pristine, plen);
     for (int i = 0; i < 4096; i++) c[plen + i] = (uint8_t)rnd();
     tu_write_file(seg, c, plen + 4096);
     CHECK_EQ_INT(count_and_check(dir, 20, NULL), 0);
@@ -1379,6 +1390,137 @@ static void test_fsize_limit(void)
     sb_store_set_io_for_test(&hooks);
 }
 
+/* ---- preallocation: zeros ahead of the records, kept, trimmed, and given up ---- */
+
+static sb_store_t *tu_open_prealloc(const char *dir, uint32_t prealloc, uint64_t seg_bytes)
+{
+    sb_store_opts_t o = {.dir = dir, .fsync = SB_FSYNC_ALWAYS, .segment_bytes = seg_bytes,
+                         .prealloc_bytes = prealloc};
+    sb_store_t *s = NULL;
+    int rc = sb_store_open(&o, &s);
+    if (rc < 0) fprintf(stderr, "sb_store_open(%s) = %d\n", dir, rc);
+    return s;
+}
+
+/* Runs count_and_check with stderr captured; *logged says whether anything
+ * was logged at warn or above. */
+static int check_quietly(const char *dir, uint64_t last, bool *logged)
+{
+    char logpath[1100];
+    snprintf(logpath, sizeof logpath, "%s.stderr", dir);
+    fflush(stderr);
+    int saved_err = dup(2);
+    int lfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(lfd, 2);
+    close(lfd);
+    int rc = count_and_check(dir, last, NULL);
+    fflush(stderr);
+    dup2(saved_err, 2);
+    close(saved_err);
+    size_t llen = 0;
+    char *log = (char *)tu_read_file(logpath, &llen);
+    *logged = log && (strstr(log, "level=warn") || strstr(log, "level=error"));
+    free(log);
+    unlink(logpath);
+    return rc;
+}
+
+static void test_prealloc(void)
+{
+    const uint32_t pre = 16384;
+    const uint64_t seg_bytes = 65536;
+    char *dir = tu_tmpdir();
+    sb_store_t *s = tu_open_prealloc(dir, pre, seg_bytes);
+    if (!s) return;
+    CHECK_EQ_INT(tu_append_sync(s, 1), 0);
+    char seg[1024];
+    CHECK(tu_segment_path(dir, 0, seg, sizeof seg));
+    uint64_t data = 32 + (uint64_t)rec_size(1);
+    /* The first append grew the file past its record, to a block boundary. */
+    off_t sz = file_size(seg);
+    CHECK(sz >= (off_t)(data + pre) && sz % 4096 == 0);
+    sb_store_info_t in;
+    sb_store_info(s, &in);
+    CHECK_EQ_INT(in.bytes, sz); /* disk use counts the preallocated space */
+    /* Appends fill it without growing it. */
+    uint64_t q = 2;
+    for (; data + (uint64_t)rec_size(q) <= (uint64_t)sz - 1024; q++) {
+        CHECK_EQ_INT(tu_append_sync(s, q), 0);
+        data += (uint64_t)rec_size(q);
+    }
+    CHECK_EQ_INT(file_size(seg), sz);
+    sb_store_close(s);
+
+    /* Reopening sees a clean end (nothing logged), keeps the space, and
+     * appends right after the last record. */
+    bool logged = true;
+    CHECK_EQ_INT(check_quietly(dir, q - 1, &logged), 0);
+    CHECK(!logged);
+    CHECK_EQ_INT(file_size(seg), sz);
+
+    /* A record torn inside the preallocated space is cut, and logged. */
+    size_t plen;
+    uint8_t *img = tu_read_file(seg, &plen);
+    CHECK(img && plen == (size_t)sz);
+    if (img) {
+        size_t rs = (size_t)rec_size(1);
+        memcpy(img + data, img + 32, rs / 2); /* half a record's bytes */
+        tu_write_file(seg, img, plen);
+        free(img);
+    }
+    CHECK_EQ_INT(check_quietly(dir, q - 1, &logged), 0);
+    CHECK(logged);
+    CHECK_EQ_INT(file_size(seg), data);
+
+    /* Appending until the segment rolls: the full one is trimmed to its last
+     * record, and the new one is preallocated. */
+    s = tu_open_prealloc(dir, pre, seg_bytes);
+    if (!s) return;
+    uint64_t first_q = q;
+    char seg2[1024] = "";
+    for (; q < first_q + 1000 && !tu_segment_path(dir, 1, seg2, sizeof seg2); q++) {
+        CHECK_EQ_INT(tu_append_sync(s, q), 0);
+        if (!tu_segment_path(dir, 1, seg2, sizeof seg2)) data += (uint64_t)rec_size(q);
+    }
+    CHECK(seg2[0] != 0);
+    CHECK_EQ_INT(file_size(seg), data);
+    CHECK(file_size(seg2) > (off_t)pre);
+    sb_store_info(s, &in);
+    CHECK_EQ_INT(in.bytes, file_size(seg) + file_size(seg2));
+    sb_store_close(s);
+    CHECK_EQ_INT(count_and_check(dir, q - 1, NULL), 0);
+
+    /* A file that may not grow past its preallocated end plus a little still
+     * takes records up to that limit: the zeros are given up, not the records. */
+    sb_store_set_io_for_test(NULL);
+    s = tu_open_prealloc(dir, pre, seg_bytes);
+    if (!s) return;
+    off_t limit = file_size(seg2) + 1000;
+    struct rlimit old;
+    getrlimit(RLIMIT_FSIZE, &old);
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = {(rlim_t)limit, old.rlim_max};
+    CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int ok = 0, efbig = 0, other = 0;
+    uint64_t acked_last = q - 1;
+    for (int i = 0; i < 400 && !efbig; i++, q++) {
+        int rc = tu_append_sync(s, q);
+        if (rc == 0) ok++, acked_last = q;
+        else if (rc == UV_EFBIG) efbig++;
+        else other++;
+    }
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, oldsig);
+    sb_store_set_io_for_test(&hooks);
+    CHECK(efbig == 1 && other == 0);
+    CHECK(file_size(seg2) <= limit);
+    CHECK(file_size(seg2) > limit - 1000 - (off_t)pre); /* records went past the zeros' end */
+    sb_store_close(s);
+    CHECK_EQ_INT(count_and_check(dir, acked_last, NULL), 0);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     sb_log_level = SB_LOG_WARN; /* every open logs at info */
@@ -1397,6 +1539,7 @@ int main(void)
     test_reserve_async_and_origin();
     test_failures();
     test_fsize_limit();
+    test_prealloc();
     sb_store_set_io_for_test(NULL);
     return tl_done("storage");
 }
