@@ -163,7 +163,7 @@ bool sb_cursor_decode(sb_str_t s, sb_since_t *out)
 
 size_t sb_cursor_encode(uint64_t seq, char *out)
 {
-    return (size_t)snprintf(out, 21, "%llu", (unsigned long long)seq);
+    return sb_u64_dec(seq, out);
 }
 
 /* ---- channels ---- */

@@ -175,6 +175,19 @@ void sb_buf_free(sb_buf_t *b)
     *b = (sb_buf_t){0};
 }
 
+size_t sb_u64_dec(uint64_t v, char *out)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+    out[n] = 0;
+    return n;
+}
+
 /* ---- validation ---- */
 static bool name_char(unsigned char c)
 {

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "config/config.h"
 #include "auth/auth.h"
@@ -176,17 +178,55 @@ static void response_head(sb_buf_t *b, http_t *h, int status, const char *ctype,
     if (extra) sb_buf_puts(b, extra);
 }
 
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUT_LIT(p, lit) put(p, lit, sizeof lit - 1)
+
+/* Every publish and history answer goes through here, so it measures the
+ * response once and writes it straight into its frame: one allocation, no
+ * printf (which was a third of a publish's instructions in callgrind). */
 void sb_http_respond(sb_conn_t *c, int status, const char *ctype, const void *body, size_t len,
                      const char *extra)
 {
     http_t *h = c->ops == &http_ops ? c->proto : NULL;
-    sb_buf_t b = {0};
-    response_head(&b, h, status, ctype, extra);
     bool close = !h || !h->keep_alive || h->close_after;
-    sb_buf_printf(&b, "Content-Length: %zu\r\n%s\r\n", len, close ? "Connection: close\r\n" : "");
-    if (!(h && h->head_only)) sb_buf_put(&b, body, len);
-    sb_conn_send(c, sb_buf_to_frame(&b), NULL);
-    sb_buf_free(&b);
+    bool with_body = !(h && h->head_only);
+    char st[21], cl[21];
+    size_t stn = sb_u64_dec(status > 0 ? (uint64_t)status : 500u, st), cln = sb_u64_dec(len, cl);
+    const char *reason = sb_http_reason(status);
+    size_t rn = strlen(reason), tn = ctype ? strlen(ctype) : 0;
+    size_t corsn = h && h->cors[0] ? strlen(h->cors) : 0, en = extra ? strlen(extra) : 0;
+    size_t total = (sizeof "HTTP/1.1 " - 1) + stn + 1 + rn + 2 +
+                   (ctype ? (sizeof "Content-Type: " - 1) + tn + 2 : 0) + corsn + en +
+                   (sizeof "Content-Length: " - 1) + cln + 2 +
+                   (close ? sizeof "Connection: close\r\n" - 1 : 0) + 2 + (with_body ? len : 0);
+    sb_frame_t *f = sb_frame_new(total);
+    if (f) {
+        char *p = PUT_LIT(f->data, "HTTP/1.1 ");
+        p = put(p, st, stn);
+        *p++ = ' ';
+        p = put(p, reason, rn);
+        p = PUT_LIT(p, "\r\n");
+        if (ctype) {
+            p = PUT_LIT(p, "Content-Type: ");
+            p = put(p, ctype, tn);
+            p = PUT_LIT(p, "\r\n");
+        }
+        p = put(p, h ? h->cors : "", corsn);
+        p = put(p, extra ? extra : "", en);
+        p = PUT_LIT(p, "Content-Length: ");
+        p = put(p, cl, cln);
+        p = PUT_LIT(p, "\r\n");
+        if (close) p = PUT_LIT(p, "Connection: close\r\n");
+        p = PUT_LIT(p, "\r\n");
+        if (with_body && len) p = put(p, body, len);
+        assert((size_t)(p - f->data) == total);
+    }
+    sb_conn_send(c, f, NULL);
     count_response(c, status);
     if (close) sb_conn_end(c);
 }

@@ -58,6 +58,18 @@ static void test_cursor(void)
     CHECK(sb_cursor_decode(SB_STR("18446744073709551615"), &s) && s.seq == UINT64_MAX);
     char buf[24];
     CHECK_EQ_STR(buf, sb_cursor_encode(42, buf), "42");
+    /* sb_u64_dec (under the cursor) against printf, at every digit count. */
+    bool same = true;
+    uint64_t v = 0;
+    for (int i = 0; i < 200 && same; i++) {
+        char ref[24];
+        int n = snprintf(ref, sizeof ref, "%llu", (unsigned long long)v);
+        same = sb_cursor_encode(v, buf) == (size_t)n && strcmp(buf, ref) == 0;
+        v = i % 3 == 0 ? v * 10 + 9 : v * 7 + (uint64_t)i; /* wraps through large values */
+    }
+    CHECK(same);
+    CHECK_EQ_STR(buf, sb_cursor_encode(0, buf), "0");
+    CHECK_EQ_STR(buf, sb_cursor_encode(UINT64_MAX, buf), "18446744073709551615");
     char *g = tl_guarded("123", 3);
     CHECK(sb_cursor_decode(sb_str(g, 3), &s) && s.seq == 123);
     tl_guard_free(g);
