@@ -216,7 +216,17 @@ bool sb_utf8_valid(const uint8_t *s, size_t len)
     size_t i = 0;
     while (i < len) {
         uint8_t c = s[i];
-        if (c < 0x80) { i++; continue; }
+        if (c < 0x80) {
+            /* ASCII eight bytes at a time: most text is nothing else. */
+            i++;
+            while (len - i >= 8) {
+                uint64_t x;
+                memcpy(&x, s + i, 8);
+                if (x & 0x8080808080808080ull) break;
+                i += 8;
+            }
+            continue;
+        }
         size_t n;
         uint32_t cp;
         if (c >= 0xC2 && c <= 0xDF) { n = 1; cp = c & 0x1F; }

@@ -31,6 +31,19 @@ describe('publish and read', () => {
     assert.equal(h.reset, false);
   });
 
+  test('a pretty JSON body: data keeps its numbers and escapes, loses only the whitespace', async () => {
+    const body = '{\n  "data" : {\n    "big" : 12345678901234567890 ,\n    "s" : "a \\"b\\" \\u00e9\\n" ,\n    "x" : [ 1.50 , -0 , 1E3 ]\n  } ,\n  "event" : "n\\u0061me"\n}\n';
+    const r = await fetch(`${srv.base}/v1/channels/pretty/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    assert.equal(r.status, 201);
+    const id = (await r.json()).id;
+    const text = await (await fetch(`${srv.base}/v1/channels/pretty/messages?since=0`)).text();
+    // The raw history text shows the data exactly as stored.
+    assert.ok(text.includes('"data":{"big":12345678901234567890,"s":"a \\"b\\" \\u00e9\\n","x":[1.50,-0,1E3]}'), text);
+    const m = JSON.parse(text).messages.find((x) => x.id === id);
+    assert.equal(m.event, 'name');
+    assert.equal(m.data.s, 'a "b" \u00e9\n');
+  });
+
   test('raw body becomes a string with ?event=', async () => {
     const r = await publish(srv.base, 'raw', 'line1\nline2', { event: 'note', json: false, headers: { 'content-type': 'text/plain' } });
     assert.equal(r.status, 201);
