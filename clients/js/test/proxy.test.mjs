@@ -46,8 +46,9 @@ for (const tr of ['ws', 'sse']) {
     const changes = [];
     c.onStatus((s) => changes.push({ at: Date.now(), status: s.status, reason: s.reason }));
     c.subscribe(channel, (m) => got.push(m.data.n));
-    await waitFor(() => c.status.status === 'open');
-    await sleep(200);
+    // Subscribed, not only open: the subscribe reply (or SSE's first id)
+    // sets the cursor; publishing earlier races it on a loaded machine.
+    await waitFor(() => c.status.status === 'open' && c.cursor(channel) !== undefined, { what: 'subscribed' });
     const pub = publisher(channel);
     await waitFor(() => got.length >= 10);
     const lastBefore = got.length;
@@ -86,8 +87,9 @@ for (const tr of ['ws', 'sse']) {
     const reasons = [];
     c.onStatus((s) => s.status !== 'open' && s.reason && reasons.push(s.reason));
     c.subscribe(channel, (m) => got.push(m.data.n));
-    await waitFor(() => c.status.status === 'open');
-    await sleep(200);
+    // Subscribed, not only open: the subscribe reply (or SSE's first id)
+    // sets the cursor; publishing earlier races it on a loaded machine.
+    await waitFor(() => c.status.status === 'open' && c.cursor(channel) !== undefined, { what: 'subscribed' });
     const pub = publisher(channel, 25);
     for (let i = 0; i < 3; i++) {
       await waitFor(() => got.length >= (i + 1) * 15, { timeout: 15000, what: `messages before cut ${i}` });

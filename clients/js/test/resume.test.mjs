@@ -69,7 +69,9 @@ test('a subscriber that was away while the server restarted resumes from its cur
   const c = createClient({ url: srv.base, transports: 'ws', ...fast });
   const got = [];
   c.subscribe(channel, (m) => got.push(m.data.n));
-  await waitFor(() => c.status.status === 'open');
+  // Open is not subscribed: publishing before the subscribe reply races it
+  // (a live subscription misses what came first). The reply sets the cursor.
+  await waitFor(() => c.status.status === 'open' && c.cursor(channel) !== undefined, { what: 'subscribed' });
   for (let n = 0; n < 10; n++) await srv.publish(channel, { n });
   await waitFor(() => got.length === 10);
   await srv.kill();
