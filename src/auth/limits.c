@@ -56,7 +56,8 @@ uint64_t sb_limits_refusals(sb_limit_t which)
 void sb_limits_count_error(sb_err_t err)
 {
     switch (err) {
-    case SB_ERR_TOO_MANY_CONNS: break; /* counted where it is decided, with its log line */
+    case SB_ERR_TOO_MANY_CONNS:
+    case SB_ERR_CONN_RATE: break; /* counted where it is decided, with its log line */
     case SB_ERR_RATE_LIMITED: sb_limits_count(SB_LIMIT_PUBLISH_RATE); break;
     case SB_ERR_TOO_MANY_SUBS: sb_limits_count(SB_LIMIT_SUBSCRIPTIONS); break;
     case SB_ERR_REQUEST_TIMEOUT: sb_limits_count(SB_LIMIT_HEADER_TIMEOUT); break;
@@ -71,7 +72,9 @@ void sb_limits_count_error(sb_err_t err)
 typedef struct ipnode {
     struct ipnode *next;
     uint32_t hash;
-    int64_t n; /* connections counted for this address, across loops */
+    int64_t n;         /* connections counted for this address, across loops */
+    sb_bucket_t conns; /* --conn-rate-per-ip: new connections; the node outlives its last
+                        * connection until this bucket is full again (addr_sweep) */
     char ip[48];
 } ipnode_t;
 
@@ -89,6 +92,7 @@ typedef struct {
 static shard_t shards[SHARDS];
 static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
 static _Atomic int64_t addresses; /* distinct addresses with a connection */
+static _Atomic int64_t kept;      /* nodes without a connection, kept for their rate bucket */
 
 static void shards_init(void)
 {
@@ -122,10 +126,21 @@ static bool shard_grow(shard_t *s)
     return true;
 }
 
-enum { IP_OK, IP_OVER, IP_NOMEM };
+enum { IP_OK, IP_OVER, IP_RATE, IP_NOMEM };
 
-/* Counts one more connection for ip unless it already has `cap`. */
-static int ip_acquire(const char *ip, int64_t cap, ipnode_t **out, int64_t *count)
+static void node_unlink(shard_t *s, ipnode_t *n)
+{
+    ipnode_t **pp = &s->tab[(n->hash >> 6) & (s->nbuckets - 1)];
+    while (*pp != n) pp = &(*pp)->next;
+    *pp = n->next;
+    s->len--;
+}
+
+/* Counts one more connection for ip unless it already has `cap` (cap <= 0: no
+ * cap), or (rate > 0) its bucket of new connections is empty: IP_RATE, with
+ * *wait_ms until the next token. A refusal takes nothing. */
+static int ip_acquire(const char *ip, int64_t cap, int64_t rate, int64_t now_ms, ipnode_t **out,
+                      int64_t *count, int64_t *wait_ms)
 {
     uint32_t h = hash_ip(ip);
     shard_t *s = &shards[h & (SHARDS - 1)];
@@ -136,16 +151,26 @@ static int ip_acquire(const char *ip, int64_t cap, ipnode_t **out, int64_t *coun
         n = s->tab[(h >> 6) & (s->nbuckets - 1)];
         while (n && (n->hash != h || strcmp(n->ip, ip))) n = n->next;
     }
-    if (n && n->n >= cap) {
+    if (n && cap > 0 && n->n >= cap) {
         *count = n->n;
         r = IP_OVER;
+    } else if (n && !sb_bucket_take(&n->conns, rate, now_ms)) {
+        *count = n->n;
+        *wait_ms = sb_bucket_wait_ms(&n->conns, rate, now_ms);
+        r = IP_RATE;
     } else if (n) {
-        *count = ++n->n;
+        if (n->n++ == 0) {
+            atomic_fetch_sub_explicit(&kept, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&addresses, 1, memory_order_relaxed);
+        }
+        *count = n->n;
     } else if ((s->len + 1 > s->nbuckets && !shard_grow(s)) || !(n = calloc(1, sizeof *n))) {
         r = IP_NOMEM;
     } else {
         n->hash = h;
         n->n = 1;
+        sb_bucket_init(&n->conns, rate, now_ms);
+        sb_bucket_take(&n->conns, rate, now_ms);
         snprintf(n->ip, sizeof n->ip, "%s", ip);
         size_t b = (h >> 6) & (s->nbuckets - 1);
         n->next = s->tab[b];
@@ -164,22 +189,49 @@ static void ip_release(ipnode_t *n)
     shard_t *s = &shards[n->hash & (SHARDS - 1)];
     pthread_mutex_lock(&s->mu);
     if (--n->n == 0) {
-        ipnode_t **pp = &s->tab[(n->hash >> 6) & (s->nbuckets - 1)];
-        while (*pp != n) pp = &(*pp)->next;
-        *pp = n->next;
-        s->len--;
-        free(n);
         atomic_fetch_sub_explicit(&addresses, 1, memory_order_relaxed);
+        if (sb_cfg.conn_rate_per_ip > 0) {
+            /* Forgetting the address now would hand a reconnecting client a
+             * full bucket: the node stays until its bucket has refilled. */
+            atomic_fetch_add_explicit(&kept, 1, memory_order_relaxed);
+        } else {
+            node_unlink(s, n);
+            free(n);
+        }
     }
     pthread_mutex_unlock(&s->mu);
 }
 
-int64_t sb_limits_ip_count(const char *ip)
+/* Frees the nodes kept only for their rate bucket once it is full again (a
+ * second after the address's last new connection): they would admit a burst
+ * anyway. Called from loop 0 about once a second; one pass over the table. */
+static void addr_sweep(int64_t now_ms)
+{
+    int64_t rate = sb_cfg.conn_rate_per_ip;
+    if (rate <= 0 || atomic_load_explicit(&kept, memory_order_relaxed) == 0) return;
+    for (int i = 0; i < SHARDS; i++) {
+        shard_t *s = &shards[i];
+        pthread_mutex_lock(&s->mu);
+        for (size_t b = 0; b < s->nbuckets; b++) {
+            for (ipnode_t *n = s->tab[b], *next; n; n = next) {
+                next = n->next;
+                if (n->n || now_ms - n->conns.at_ms < 1000) continue;
+                node_unlink(s, n);
+                free(n);
+                atomic_fetch_sub_explicit(&kept, 1, memory_order_relaxed);
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
+/* The address's connection count, or -1 when the table does not hold it. */
+static int64_t ip_lookup(const char *ip)
 {
     pthread_once(&shards_once, shards_init);
     uint32_t h = hash_ip(ip);
     shard_t *s = &shards[h & (SHARDS - 1)];
-    int64_t v = 0;
+    int64_t v = -1;
     pthread_mutex_lock(&s->mu);
     if (s->nbuckets) {
         ipnode_t *n = s->tab[(h >> 6) & (s->nbuckets - 1)];
@@ -189,6 +241,14 @@ int64_t sb_limits_ip_count(const char *ip)
     pthread_mutex_unlock(&s->mu);
     return v;
 }
+
+int64_t sb_limits_ip_count(const char *ip)
+{
+    int64_t v = ip_lookup(ip);
+    return v < 0 ? 0 : v;
+}
+
+bool sb_limits_ip_tracked(const char *ip) { return ip_lookup(ip) >= 0; }
 
 /* ---- per-loop registries: only the owning loop's thread touches one ---- */
 #define TOMB UINT64_MAX /* connection ids start at 1 and never get here */
@@ -207,6 +267,7 @@ typedef struct {
     entry_t *tab;
     size_t cap, used, live; /* used counts live entries and tombstones */
     uint32_t epoch;
+    uint32_t ticks; /* sweeps run, for the once-a-second address sweep (loop 0) */
 } registry_t;
 
 static registry_t *registries[MAX_LOOPS];
@@ -272,6 +333,7 @@ static void reg_remove(registry_t *r, entry_t *e)
 static void sweep_cb(uv_timer_t *t)
 {
     registry_t *r = (registry_t *)t;
+    if (r->loop->id == 0 && ++r->ticks % (1000 / SB_TICK_MS) == 0) addr_sweep(r->loop->now_ms);
     if (!r->live) return;
     uint32_t epoch = ++r->epoch;
     for (sb_conn_t *c = r->loop->conns; c; c = c->next) {
@@ -326,33 +388,41 @@ static void limits_stop(sb_loop_t *loop)
     uv_close((uv_handle_t *)&r->sweep, registry_closed_cb);
 }
 
-bool sb_limits_conn_open(sb_conn_t *c)
+sb_err_t sb_limits_conn_open(sb_conn_t *c, int64_t *retry_s)
 {
-    int64_t cap = sb_cfg.max_conns_per_ip, rate = sb_cfg.publish_rate;
-    if (cap <= 0 && rate <= 0) return true;
+    int64_t cap = sb_cfg.max_conns_per_ip, crate = sb_cfg.conn_rate_per_ip, rate = sb_cfg.publish_rate;
+    *retry_s = 1;
+    if (cap <= 0 && crate <= 0 && rate <= 0) return SB_OK;
     pthread_once(&shards_once, shards_init);
     registry_t *r = registry(c->loop, true);
-    if (!r) return true;
+    if (!r) return SB_OK;
     ipnode_t *ip = NULL;
-    if (cap > 0 && c->peer[0]) {
-        int64_t n = 0;
-        int res = ip_acquire(c->peer, cap, &ip, &n);
+    if ((cap > 0 || crate > 0) && c->peer[0]) {
+        int64_t n = 0, wait_ms = 0;
+        int res = ip_acquire(c->peer, cap, crate, c->loop->now_ms, &ip, &n, &wait_ms);
         if (res == IP_OVER) {
             sb_limits_count(SB_LIMIT_CONNS_PER_IP);
             sb_log_ratelimited(SB_LOG_WARN, 1000, "connection refused: too many from one address",
                                "peer=%s open=%lld max=%lld", c->peer, (long long)n, (long long)cap);
-            return false;
+            return SB_ERR_TOO_MANY_CONNS;
+        }
+        if (res == IP_RATE) {
+            sb_limits_count(SB_LIMIT_CONN_RATE);
+            sb_log_ratelimited(SB_LOG_WARN, 1000, "connection refused: one address connecting too fast",
+                               "peer=%s rate=%lld open=%lld", c->peer, (long long)crate, (long long)n);
+            *retry_s = (wait_ms + 999) / 1000;
+            return SB_ERR_CONN_RATE;
         }
     }
     entry_t *e = reg_insert(r, c->id);
     if (!e) {
         if (ip) ip_release(ip);
-        return true;
+        return SB_OK;
     }
     e->ip = ip;
     e->mark = r->epoch;
     sb_bucket_init(&e->pub, rate, c->loop->now_ms);
-    return true;
+    return SB_OK;
 }
 
 void sb_limits_conn_closed(sb_conn_t *c)
@@ -392,6 +462,7 @@ int64_t sb_limits_publish_wait_ms(sb_conn_t *c)
 /* ---- metrics ---- */
 static const char *const limit_names[SB_LIMIT__COUNT][2] = {
     [SB_LIMIT_CONNS_PER_IP] = {"conns_per_ip", "connsPerIp"},
+    [SB_LIMIT_CONN_RATE] = {"conn_rate", "connRate"},
     [SB_LIMIT_PUBLISH_RATE] = {"publish_rate", "publishRate"},
     [SB_LIMIT_SUBSCRIPTIONS] = {"subscriptions", "subscriptions"},
     [SB_LIMIT_HEADER_TIMEOUT] = {"header_timeout", "headerTimeout"},

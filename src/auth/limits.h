@@ -25,6 +25,7 @@ typedef enum {
     SB_LIMIT_BODY_SIZE,        /* --max-body: 413 body_too_large */
     SB_LIMIT_HEADER_SIZE,      /* 16 KiB header block: 431 headers_too_large */
     SB_LIMIT_URI_LENGTH,       /* request target: 414 uri_too_long */
+    SB_LIMIT_CONN_RATE,        /* --conn-rate-per-ip: 429 connection_rate_limited */
     SB_LIMIT__COUNT
 } sb_limit_t;
 
@@ -50,12 +51,16 @@ int64_t sb_bucket_wait_ms(const sb_bucket_t *b, int64_t rate, int64_t now_ms);
 void sb_limits_init(void);
 
 /* A connection was accepted (HTTP layer, on c's loop, c->peer already set).
- * Counts it against its address and gives it a publish bucket. Returns false
- * when the address already has --max-conns-per-ip connections: the caller
- * refuses it (429 too_many_connections) and must not call
- * sb_limits_conn_closed for it. The refusal is counted and logged at most
- * once a second here. Never refuses for its own failures (out of memory). */
-bool sb_limits_conn_open(sb_conn_t *c);
+ * Counts it against its address and gives it a publish bucket. Returns SB_OK,
+ * or the refusal the caller answers (and must then not call
+ * sb_limits_conn_closed for it):
+ * - SB_ERR_TOO_MANY_CONNS: the address already has --max-conns-per-ip;
+ * - SB_ERR_CONN_RATE: the address opened --conn-rate-per-ip connections in
+ *   the last second (a token bucket, a burst of one second's worth); *retry_s
+ *   gets the seconds until it may connect again (at least 1).
+ * Refusals are counted and logged at most once a second here. Never refuses
+ * for its own failures (out of memory). */
+sb_err_t sb_limits_conn_open(sb_conn_t *c, int64_t *retry_s);
 
 /* The connection is closing (on its loop): releases its address count now.
  * Safe to call for connections that were never counted and more than once.
@@ -86,5 +91,8 @@ uint64_t sb_limits_refusals(sb_limit_t which);
 /* Current connections counted for an address (a numeric IP as in c->peer);
  * 0 when unknown. For tests and diagnostics; any thread. */
 int64_t sb_limits_ip_count(const char *ip);
+/* Whether the table holds the address at all: with a connection, or kept for
+ * its --conn-rate-per-ip bucket. For tests; any thread. */
+bool sb_limits_ip_tracked(const char *ip);
 
 #endif

@@ -58,6 +58,8 @@ static const opt_t opts[] = {
     {"allowed-origins", T_STR, S(allowed_origins), "comma-separated origins allowed for WebSocket and SSE"},
     {"cors-origins", T_STR, S(cors_origins), "comma-separated origins allowed by CORS for the HTTP API, or *"},
     {"max-conns-per-ip", T_INT, I(max_conns_per_ip), "connections per client IP (default 0 = no cap)"},
+    {"conn-rate-per-ip", T_INT, I(conn_rate_per_ip), "new connections per second per client IP, a burst of one second; over it 429 at accept (default 0 = no cap)"},
+    {"accept-rate", T_INT, I(accept_rate), "connections accepted per second by the whole server; the rest wait in the listen backlog, none is refused (default 0 = no cap)"},
     {"publish-rate", T_INT, I(publish_rate), "publishes per second per connection (default 0 = no cap)"},
     {"max-subscriptions", T_INT, I(max_subscriptions), "subscriptions per connection (default 1000)"},
     {"tls-cert", T_STR, S(tls_cert), "PEM certificate: serve HTTPS and wss://"},

@@ -52,6 +52,8 @@ typedef struct sb_config {
     char allowed_origins[1024]; /* comma-separated; "" = any */
     char cors_origins[1024];    /* comma-separated; "*" allowed; "" = none */
     int64_t max_conns_per_ip;
+    int64_t conn_rate_per_ip;   /* new connections per second per client address (token bucket) */
+    int64_t accept_rate;        /* connections accepted per second, server-wide (paced, not refused) */
     int64_t publish_rate;       /* publishes per second per connection (token bucket) */
     int64_t max_subscriptions;  /* per connection */
     char tls_cert[512];

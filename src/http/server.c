@@ -88,31 +88,31 @@ const char *sb_http_reason(int s)
     }
 }
 
-/* Over --max-conns-per-ip, before a byte was read: answer 429 and close at
+/* Over --max-conns-per-ip or --conn-rate-per-ip, before a byte was read: answer 429 and close at
  * once, as the net layer does at the connection cap. A flood from one address
  * then costs an accept, one write and a close (measured under ASan: 80 us a
  * connection instead of 180 us with a graceful end), never a parse, a linger
  * or a timeout. A request that already arrived makes the close a reset, which
  * such a client has earned. TLS clients cannot read a plaintext answer before
  * their handshake, so they get the ordinary graceful error. */
-static void refuse_address(sb_conn_t *c)
+static void refuse_address(sb_conn_t *c, sb_err_t why, int64_t retry_s)
 {
     http_t *h = c->proto;
     SB_STAT_ADD(c->loop, conns_refused, 1);
     if (c->tls) {
         h->keep_alive = false;
-        sb_http_error(c, SB_ERR_TOO_MANY_CONNS);
+        sb_http_error(c, why);
         return;
     }
-    const sb_err_info_t *e = sb_err_info(SB_ERR_TOO_MANY_CONNS);
+    const sb_err_info_t *e = sb_err_info(why);
     sb_buf_t body = {0}, resp = {0};
     sb_buf_printf(&body, "{\"error\":{\"code\":\"%s\",\"message\":", e->code);
     sb_buf_json_str(&body, e->message, strlen(e->message));
     sb_buf_puts(&body, "}}");
     sb_buf_printf(&resp,
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                  "Retry-After: 1\r\nContent-Length: %zu\r\n\r\n",
-                  e->http_status, sb_http_reason(e->http_status), body.len);
+                  "Retry-After: %lld\r\nContent-Length: %zu\r\n\r\n",
+                  e->http_status, sb_http_reason(e->http_status), (long long)retry_s, body.len);
     sb_buf_put(&resp, body.p, body.len);
     if (!resp.oom) {
         uv_buf_t b = uv_buf_init(resp.p, (unsigned)resp.len);
@@ -135,7 +135,9 @@ void sb_http_accept(sb_conn_t *c)
     c->proto = h;
     c->ops = &http_ops;
     c->deadline_ms = c->loop->now_ms + sb_cfg.header_timeout_ms;
-    if (!sb_limits_conn_open(c)) refuse_address(c);
+    int64_t retry_s = 1;
+    sb_err_t why = sb_limits_conn_open(c, &retry_s);
+    if (why != SB_OK) refuse_address(c, why, retry_s);
 }
 
 bool sb_http_alive(sb_conn_t *c)

@@ -36,7 +36,7 @@ void sb_metrics_register(sb_metrics_fn fn)
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 typedef struct {
-    uint64_t accepted, closed, refused, bytes_in, bytes_out, writes, syscalls, partial, requests, r4xx, r5xx,
+    uint64_t accepted, closed, refused, accept_pauses, bytes_in, bytes_out, writes, syscalls, partial, requests, r4xx, r5xx,
         deliveries, messages_in, slow_disc, slow_drop, slow_confl;
     int64_t open, sse, ws, longpolls;
 } totals_t;
@@ -49,6 +49,7 @@ static void totals(totals_t *t)
         t->accepted += LOAD(s->conns_accepted);
         t->closed += LOAD(s->conns_closed);
         t->refused += LOAD(s->conns_refused);
+        t->accept_pauses += LOAD(s->accept_pauses);
         t->bytes_in += LOAD(s->bytes_in);
         t->bytes_out += LOAD(s->bytes_out);
         t->writes += LOAD(s->writes);
@@ -155,14 +156,14 @@ void sb_metrics_json(sb_buf_t *b)
                   "\"wsConnections\":%lld,\"longPolls\":%lld,\"channels\":%lld,"
                   "\"subscriptions\":%lld,\"messagesKept\":%lld,\"published\":%llu,"
                   "\"publishedPerSecond\":%.1f,\"deliveries\":%llu,\"deliveriesPerSecond\":%.1f,"
-                  "\"connectionsRefused\":%llu,\"slowDisconnects\":%llu,\"slowDropped\":%llu,"
+                  "\"connectionsRefused\":%llu,\"acceptPauses\":%llu,\"slowDisconnects\":%llu,\"slowDropped\":%llu,"
                   "\"slowConflated\":%llu,\"bytesIn\":%llu,\"bytesOut\":%llu,\"rssBytes\":%lld,"
                   "\"workers\":%d,\"uptimeSeconds\":%lld,\"lastId\":\"%llu\"",
                   (long long)users, rps, rps > 0 ? eps / rps : 0.0, p99, (long long)t.open,
                   (long long)t.sse, (long long)t.ws, (long long)t.longpolls, (long long)bs.channels,
                   (long long)bs.subscriptions, (long long)bs.messages_kept,
                   (unsigned long long)bs.published, mps, (unsigned long long)t.deliveries, dps,
-                  (unsigned long long)t.refused, (unsigned long long)t.slow_disc,
+                  (unsigned long long)t.refused, (unsigned long long)t.accept_pauses, (unsigned long long)t.slow_disc,
                   (unsigned long long)t.slow_drop, (unsigned long long)t.slow_confl,
                   (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out,
                   (long long)rss_kb() * 1024, sb_net.nloops,
@@ -192,6 +193,7 @@ void sb_metrics_prometheus(sb_buf_t *b)
     G("switchboard_rss_bytes", "Resident memory.", rss_kb() * 1024);
     C("switchboard_connections_accepted_total", "Accepted connections.", t.accepted);
     C("switchboard_connections_refused_total", "Connections refused at a limit.", t.refused);
+    C("switchboard_accept_pauses_total", "Times a listener stopped for --accept-rate (new connections then wait in the backlog).", t.accept_pauses);
     C("switchboard_http_requests_total", "HTTP requests.", t.requests);
     C("switchboard_http_responses_4xx_total", "4xx responses.", t.r4xx);
     C("switchboard_http_responses_5xx_total", "5xx responses.", t.r5xx);

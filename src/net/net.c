@@ -830,9 +830,62 @@ static const char refused_503[] =
     "Connection: close\r\nRetry-After: 5\r\nContent-Length: 104\r\n\r\n"
     "{\"error\":{\"code\":\"overloaded\",\"message\":\"The server is at its connection limit; try again later.\"}}";
 
+/* ---- accept pacing (--accept-rate) ---- */
+
+/* Connections a second this loop may accept (its share of --accept-rate), 0: no cap. */
+static double accept_rate_per_loop(void)
+{
+    if (sb_cfg.accept_rate <= 0 || sb_net.nloops <= 0) return 0;
+    return (double)sb_cfg.accept_rate / sb_net.nloops;
+}
+
+/* Takes one accept token; false (taking nothing) when the bucket is empty. The
+ * bucket holds 50 ms of the rate (at least one): a storm is admitted at the
+ * rate from its first moment, not after a free second's burst. */
+static bool accept_take(sb_loop_t *l)
+{
+    double rate = accept_rate_per_loop();
+    if (rate <= 0) return true;
+    uint64_t now = uv_hrtime() / 1000;
+    double cap = rate / 20 > 1 ? rate / 20 : 1;
+    if (!l->accept_at_us) l->accept_tokens = cap;
+    else if (now > l->accept_at_us) l->accept_tokens += (double)(now - l->accept_at_us) * rate / 1e6;
+    if (l->accept_tokens > cap) l->accept_tokens = cap;
+    l->accept_at_us = now;
+    if (l->accept_tokens < 1) return false;
+    l->accept_tokens -= 1;
+    return true;
+}
+
+static void accept_one(sb_loop_t *loop, uv_stream_t *server);
+
+static void accept_timer_cb(uv_timer_t *t)
+{
+    sb_loop_t *l = t->data;
+    if (!l->accept_held || !l->listening) return;
+    if (!accept_take(l)) {
+        uv_timer_start(&l->accept_timer, accept_timer_cb, 1, 0);
+        return;
+    }
+    l->accept_held = false;
+    /* uv_accept takes the socket libuv held and starts reading the listener again. */
+    accept_one(l, (uv_stream_t *)&l->listener);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     sb_loop_t *loop = server->data;
+    if (status >= 0 && !accept_take(loop)) {
+        /* Over the rate: leave the socket with libuv, which stops reading the
+         * listener until uv_accept; the rest of a storm queues in the backlog.
+         * The wait is the time to the next token, at least 1 ms. */
+        double rate = accept_rate_per_loop();
+        uint64_t wait = (uint64_t)((1.0 - loop->accept_tokens) * 1000.0 / rate) + 1;
+        loop->accept_held = true;
+        SB_STAT_ADD(loop, accept_pauses, 1);
+        uv_timer_start(&loop->accept_timer, accept_timer_cb, wait, 0);
+        return;
+    }
     if (status < 0) {
         /* EMFILE/ENFILE: libuv sheds the pending connection with its reserve
          * descriptor. main.c keeps --max-connections under the open-file limit
@@ -843,8 +896,20 @@ static void on_connection(uv_stream_t *server, int status)
                            uv_err_name(status), (long long)atomic_load(&sb_net.conns_open));
         return;
     }
+    accept_one(loop, server);
+}
+
+static void accept_one(sb_loop_t *loop, uv_stream_t *server)
+{
     sb_conn_t *c = conn_alloc(loop);
-    if (!c) return;
+    if (!c) {
+        /* Out of memory: libuv keeps the socket and stops reading the
+         * listener until it is accepted, so try again shortly rather than
+         * never. */
+        loop->accept_held = true;
+        uv_timer_start(&loop->accept_timer, accept_timer_cb, 100, 0);
+        return;
+    }
     SB_STAT_ADD(loop, conns_accepted, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         c->flags |= SB_CONN_REFUSED;
@@ -1010,6 +1075,8 @@ int sb_net_init(int nloops, const char *host, int port, void (*on_accept)(sb_con
             return r;
         }
         l->listening = true;
+        uv_timer_init(&l->uv, &l->accept_timer);
+        l->accept_timer.data = l;
     }
     bound_port = port;
     return 0;
@@ -1056,7 +1123,10 @@ static void stop_accepting_task(sb_loop_t *l, void *a, void *b)
 {
     if (l->listening) {
         l->listening = false;
+        /* A socket held for --accept-rate is closed with the listener. */
+        l->accept_held = false;
         uv_close((uv_handle_t *)&l->listener, NULL);
+        uv_close((uv_handle_t *)&l->accept_timer, NULL);
     }
 }
 

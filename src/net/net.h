@@ -98,6 +98,7 @@ struct sb_conn {
  * load+store, no lock prefix) and read by the metrics endpoint from any thread. */
 typedef struct {
     _Atomic uint64_t conns_accepted, conns_closed, conns_refused;
+    _Atomic uint64_t accept_pauses; /* --accept-rate: times the listener waited for a token */
     _Atomic uint64_t bytes_in, bytes_out, writes, write_calls_partial;
     _Atomic uint64_t write_syscalls; /* system calls that carried the writes (io_uring batches them) */
     _Atomic uint64_t requests, responses_4xx, responses_5xx;
@@ -129,6 +130,13 @@ struct sb_loop {
     uv_thread_t thread;
     uv_tcp_t listener;
     bool listening;
+    /* --accept-rate: this loop's share as a token bucket. While it is empty the
+     * listener is not read (libuv holds the one accepted socket), so pending
+     * connections wait in the kernel's backlog rather than being refused. */
+    uv_timer_t accept_timer;
+    bool accept_held;       /* a connection waits for a token (accept_timer runs) */
+    double accept_tokens;
+    uint64_t accept_at_us;  /* when accept_tokens was last refilled */
     uv_async_t async;
     uv_check_t check;
     uv_prepare_t prepare;

@@ -40,6 +40,16 @@ static void drop_conn(sb_conn_t *c)
     free(c);
 }
 
+static sb_err_t conn_open(sb_conn_t *c)
+{
+    int64_t retry_s = 0;
+    sb_err_t e = sb_limits_conn_open(c, &retry_s);
+    CHECK(retry_s >= 1);
+    return e;
+}
+
+static bool conn_ok(sb_conn_t *c) { return conn_open(c) == SB_OK; }
+
 static void run_sweep(sb_loop_t *l)
 {
     usleep((SB_TICK_MS + 50) * 1000);
@@ -78,12 +88,12 @@ static void test_per_ip(sb_loop_t *l)
 {
     sb_conn_t *a = fake_conn(l, "10.0.0.1"), *b = fake_conn(l, "10.0.0.1");
     sb_conn_t *c = fake_conn(l, "10.0.0.1"), *d = fake_conn(l, "10.0.0.2");
-    CHECK(sb_limits_conn_open(a));
-    CHECK(sb_limits_conn_open(b));
+    CHECK(conn_ok(a));
+    CHECK(conn_ok(b));
     uint64_t refused = sb_limits_refusals(SB_LIMIT_CONNS_PER_IP);
-    CHECK(!sb_limits_conn_open(c)); /* the third from one address */
+    CHECK_EQ_INT(conn_open(c), SB_ERR_TOO_MANY_CONNS); /* the third from one address */
     CHECK_EQ_INT(sb_limits_refusals(SB_LIMIT_CONNS_PER_IP) - refused, 1);
-    CHECK(sb_limits_conn_open(d));
+    CHECK(conn_ok(d));
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.1"), 2);
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.2"), 1);
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.3"), 0);
@@ -94,7 +104,7 @@ static void test_per_ip(sb_loop_t *l)
     sb_limits_conn_closed(a); /* twice is harmless */
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.1"), 1);
     drop_conn(a);
-    CHECK(sb_limits_conn_open(c)); /* a slot was freed */
+    CHECK(conn_ok(c)); /* a slot was freed */
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.1"), 2);
 
     /* A connection that a WebSocket took over closes without the HTTP layer:
@@ -115,7 +125,7 @@ static void test_per_ip(sb_loop_t *l)
     sb_conn_t *e = fake_conn(l, "");
     sb_conn_t *f = fake_conn(l, "");
     sb_conn_t *g = fake_conn(l, "");
-    CHECK(sb_limits_conn_open(e) && sb_limits_conn_open(f) && sb_limits_conn_open(g));
+    CHECK(conn_ok(e) && conn_ok(f) && conn_ok(g));
     sb_limits_conn_closed(e);
     sb_limits_conn_closed(f);
     sb_limits_conn_closed(g);
@@ -127,10 +137,53 @@ static void test_per_ip(sb_loop_t *l)
     CHECK_EQ_INT(sb_limits_ip_count("10.0.0.2"), 0);
 }
 
+/* --conn-rate-per-ip: a bucket of new connections per address, which outlives
+ * the address's connections until it has refilled (a client that closes and
+ * reconnects does not get a fresh burst), then is forgotten. */
+static void test_conn_rate(sb_loop_t *l)
+{
+    int64_t cap = sb_cfg.max_conns_per_ip;
+    sb_cfg.max_conns_per_ip = 0; /* the rate alone */
+    sb_cfg.conn_rate_per_ip = 3;
+    l->now_ms = 10000;
+    sb_conn_t *c[5];
+    for (int i = 0; i < 5; i++) c[i] = fake_conn(l, "10.0.2.1");
+    for (int i = 0; i < 3; i++) CHECK(conn_ok(c[i])); /* the burst: one second's worth */
+    uint64_t refused = sb_limits_refusals(SB_LIMIT_CONN_RATE);
+    int64_t retry_s = 0;
+    CHECK_EQ_INT(sb_limits_conn_open(c[3], &retry_s), SB_ERR_CONN_RATE);
+    CHECK_EQ_INT(retry_s, 1); /* a token in 334 ms, rounded up to whole seconds */
+    CHECK_EQ_INT(sb_limits_refusals(SB_LIMIT_CONN_RATE) - refused, 1);
+    CHECK_EQ_INT(sb_limits_ip_count("10.0.2.1"), 3); /* the refused one is not counted */
+    sb_conn_t *other = fake_conn(l, "10.0.2.2");
+    CHECK(conn_ok(other)); /* buckets are per address */
+    for (int i = 0; i < 3; i++) sb_limits_conn_closed(c[i]);
+    CHECK_EQ_INT(sb_limits_ip_count("10.0.2.1"), 0);
+    CHECK(sb_limits_ip_tracked("10.0.2.1")); /* kept for its bucket */
+    CHECK_EQ_INT(conn_open(c[3]), SB_ERR_CONN_RATE); /* closing gave nothing back */
+    l->now_ms += 340;
+    CHECK(conn_ok(c[3])); /* one token at 3/s */
+    CHECK_EQ_INT(conn_open(c[4]), SB_ERR_CONN_RATE);
+    sb_limits_conn_closed(c[3]);
+    /* A second without a new connection refills the bucket: the address is
+     * forgotten by the sweep (loop 0, about once a second). */
+    l->now_ms += 1000;
+    for (int i = 0; i < 1000 / SB_TICK_MS + 1; i++) run_sweep(l);
+    CHECK(!sb_limits_ip_tracked("10.0.2.1"));
+    CHECK(sb_limits_ip_tracked("10.0.2.2")); /* it still has a connection */
+    CHECK(conn_ok(c[4]));
+    sb_limits_conn_closed(c[4]);
+    sb_limits_conn_closed(other);
+    for (int i = 0; i < 5; i++) drop_conn(c[i]);
+    drop_conn(other);
+    sb_cfg.conn_rate_per_ip = 0;
+    sb_cfg.max_conns_per_ip = cap;
+}
+
 static void test_publish_rate(sb_loop_t *l)
 {
     sb_conn_t *a = fake_conn(l, "10.0.1.1"), *b = fake_conn(l, "10.0.1.1");
-    CHECK(sb_limits_conn_open(a) && sb_limits_conn_open(b));
+    CHECK(conn_ok(a) && conn_ok(b));
     l->now_ms = 5000;
     int ok = 0;
     for (int i = 0; i < 20; i++) ok += sb_limits_publish_ok(a);
@@ -153,7 +206,7 @@ static void test_many(sb_loop_t *l)
     for (int i = 0; i < N; i++) {
         snprintf(ip, sizeof ip, "192.168.%d.%d", i % 50, i % 7);
         cs[i] = fake_conn(l, ip);
-        CHECK(sb_limits_conn_open(cs[i]));
+        CHECK(conn_ok(cs[i]));
     }
     CHECK_EQ_INT(sb_limits_ip_count("192.168.0.0"), N / 350 + (N % 350 > 0));
     for (int i = 0; i < N; i += 2) {
@@ -205,12 +258,13 @@ int main(void)
     test_bucket();
     test_per_ip(l);
     test_publish_rate(l);
+    test_conn_rate(l);
     sb_cfg.max_conns_per_ip = 1000;
     test_many(l);
     test_count_error();
     /* At stop every count still held is released: nothing leaks. */
     sb_conn_t *held = fake_conn(l, "10.9.9.9");
-    CHECK(sb_limits_conn_open(held));
+    CHECK(conn_ok(held));
     unlink_conn(held);
     sb_net_stop();
     uv_run(&l->uv, UV_RUN_DEFAULT);
