@@ -955,6 +955,7 @@ static int write_run(sb_store_t *s, seg_t *g, node_t *first, size_t cnt)
         fill_to = 0;
         if (s->io.ftruncate(g->fd, (off_t)off) == 0) {
             seg_set_disk(s, g, off);
+            /* Built again: write_all advanced the first try's entries in place. */
             niov = run_iov(s, first, cnt, end, 0);
             rc = write_all(s, g->fd, s->iov, niov, off);
             if (rc == 0 && s->o.fsync != SB_FSYNC_OFF) rc = timed_sync(s, g->fd);

@@ -504,6 +504,28 @@ static int count_and_check(const char *dir, uint64_t expect_last, uint64_t *next
     return ok ? 0 : -1;
 }
 
+/* Runs count_and_check with stderr (the server's log) captured into a file
+ * next to dir; *log gets what was written (NUL-terminated, the caller frees;
+ * NULL if the file could not be read). */
+static int check_captured(const char *dir, uint64_t last, uint64_t *next, char **log)
+{
+    char logpath[1100];
+    snprintf(logpath, sizeof logpath, "%s.stderr", dir);
+    fflush(stderr);
+    int saved_err = dup(2);
+    int lfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(lfd, 2);
+    close(lfd);
+    int rc = count_and_check(dir, last, next);
+    fflush(stderr);
+    dup2(saved_err, 2);
+    close(saved_err);
+    size_t llen = 0;
+    *log = (char *)tu_read_file(logpath, &llen);
+    unlink(logpath);
+    return rc;
+}
+
 static void test_torn_tail(void)
 {
     char *dir = tu_tmpdir();
@@ -578,29 +600,16 @@ static void test_torn_tail(void)
     memcpy(c, pristine, plen);
     c[off_10 + 20] ^= 0x40;
     tu_write_file(seg, c, plen);
-    char logpath[1100];
-    snprintf(logpath, sizeof logpath, "%s.stderr", dir);
-    fflush(stderr);
-    int saved_err = dup(2);
-    int lfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(lfd, 2);
-    close(lfd);
     uint64_t next = 0;
-    int rc = count_and_check(dir, 9, &next);
-    fflush(stderr);
-    dup2(saved_err, 2);
-    close(saved_err);
-    CHECK_EQ_INT(rc, 0);
+    char *log = NULL;
+    CHECK_EQ_INT(check_captured(dir, 9, &next, &log), 0);
     CHECK_EQ_INT(next, 10);
     CHECK_EQ_INT(file_size(seg), off_10);
-    size_t llen;
-    char *log = (char *)tu_read_file(logpath, &llen);
     char want[128];
     snprintf(want, sizeof want, "offset=%zu bytes=%zu reason=bad_crc", off_10, plen - off_10);
     CHECK(log && strstr(log, "cut a torn or corrupt tail") && strstr(log, want));
     CHECK(log && strstr(log, seg));
     free(log);
-    unlink(logpath);
 
     /* Appends continue right after the cut, and survive another reopen. */
     s = tu_open(dir, SB_FSYNC_ALWAYS, 0);
@@ -1406,22 +1415,10 @@ static sb_store_t *tu_open_prealloc(const char *dir, uint32_t prealloc, uint64_t
  * was logged at warn or above. */
 static int check_quietly(const char *dir, uint64_t last, bool *logged)
 {
-    char logpath[1100];
-    snprintf(logpath, sizeof logpath, "%s.stderr", dir);
-    fflush(stderr);
-    int saved_err = dup(2);
-    int lfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(lfd, 2);
-    close(lfd);
-    int rc = count_and_check(dir, last, NULL);
-    fflush(stderr);
-    dup2(saved_err, 2);
-    close(saved_err);
-    size_t llen = 0;
-    char *log = (char *)tu_read_file(logpath, &llen);
+    char *log = NULL;
+    int rc = check_captured(dir, last, NULL, &log);
     *logged = log && (strstr(log, "level=warn") || strstr(log, "level=error"));
     free(log);
-    unlink(logpath);
     return rc;
 }
 
