@@ -208,19 +208,42 @@ export class Proxy {
     s.on('error', kill);
     s.on('close', kill);
     let first = true;
-    const forward = (from, to, isClient) => (d) => {
-      if (pair.dead || this.mode === 'blackhole') return;
-      if (isClient && first) {
-        first = false;
-        if (this.filter && !this.filter(d.toString('latin1'), c)) {
-          kill();
-          return;
+    // A delayed chunk is queued per direction and written in order: a chunk
+    // that comes after the delay is lifted still waits for the ones before it,
+    // as on a real slow path (TCP never reorders a stream).
+    const delayed = (to) => {
+      const q = [];
+      let timer = null;
+      const pump = () => {
+        timer = null;
+        const now = Date.now();
+        while (q.length && q[0].at <= now) {
+          const { d } = q.shift();
+          if (!pair.dead) to.write(d);
         }
-      }
-      if (isClient && this.onClientData && this.onClientData(d, pair) === false) return;
-      if (!isClient && this.onServerData && this.onServerData(d, pair) === false) return;
-      if (this.delayMs) setTimeout(() => !pair.dead && to.write(d), this.delayMs);
-      else to.write(d);
+        if (q.length) timer = setTimeout(pump, q[0].at - now);
+      };
+      return (d, ms) => {
+        if (!ms && !q.length) return to.write(d);
+        q.push({ d, at: Date.now() + ms });
+        if (!timer) timer = setTimeout(pump, Math.max(0, q[0].at - Date.now()));
+      };
+    };
+    const forward = (from, to, isClient) => {
+      const send = delayed(to);
+      return (d) => {
+        if (pair.dead || this.mode === 'blackhole') return;
+        if (isClient && first) {
+          first = false;
+          if (this.filter && !this.filter(d.toString('latin1'), c)) {
+            kill();
+            return;
+          }
+        }
+        if (isClient && this.onClientData && this.onClientData(d, pair) === false) return;
+        if (!isClient && this.onServerData && this.onServerData(d, pair) === false) return;
+        send(d, this.delayMs);
+      };
     };
     c.on('data', forward(c, s, true));
     s.on('data', forward(s, c, false));
