@@ -10,35 +10,6 @@
 #include "config/config.h"
 #include "metrics/metrics.h"
 
-/* ---- token buckets ---- */
-void sb_bucket_init(sb_bucket_t *b, int64_t rate, int64_t now_ms)
-{
-    b->tokens = rate > 0 ? (double)rate : 0;
-    b->at_ms = now_ms;
-}
-
-bool sb_bucket_take(sb_bucket_t *b, int64_t rate, int64_t now_ms)
-{
-    if (rate <= 0) return true;
-    if (now_ms > b->at_ms) {
-        b->tokens += (double)(now_ms - b->at_ms) * (double)rate / 1000.0;
-        if (b->tokens > (double)rate) b->tokens = (double)rate; /* a burst of one second */
-        b->at_ms = now_ms;
-    }
-    if (b->tokens < 1) return false;
-    b->tokens -= 1;
-    return true;
-}
-
-int64_t sb_bucket_wait_ms(const sb_bucket_t *b, int64_t rate, int64_t now_ms)
-{
-    if (rate <= 0) return 0;
-    double t = b->tokens;
-    if (now_ms > b->at_ms) t += (double)(now_ms - b->at_ms) * (double)rate / 1000.0;
-    if (t >= 1) return 0;
-    return (int64_t)((1.0 - t) * 1000.0 / (double)rate) + 1;
-}
-
 /* ---- counters ---- */
 static _Atomic uint64_t hits[SB_LIMIT__COUNT];
 

@@ -29,22 +29,7 @@ typedef enum {
     SB_LIMIT__COUNT
 } sb_limit_t;
 
-/* A token bucket: `rate` tokens a second, holding at most one second's worth
- * (so a client may burst `rate` operations, then sustain `rate` a second). */
-typedef struct {
-    double tokens;
-    int64_t at_ms;
-} sb_bucket_t;
-
-/* Fills the bucket (a new client starts with a full second's burst). */
-void sb_bucket_init(sb_bucket_t *b, int64_t rate, int64_t now_ms);
-/* Refills by the time elapsed since the last call and takes one token.
- * Returns false, taking nothing, when less than one token is left. A rate of
- * 0 or less means no limit (always true). now_ms must not go backwards by
- * more than the caller tolerates: an earlier time simply adds nothing. */
-bool sb_bucket_take(sb_bucket_t *b, int64_t rate, int64_t now_ms);
-/* Milliseconds from now_ms until the bucket holds a whole token (0: it does). */
-int64_t sb_bucket_wait_ms(const sb_bucket_t *b, int64_t rate, int64_t now_ms);
+/* Publish and connection-rate buckets are sb_bucket_t (core.h). */
 
 /* Registers the limit metrics and the per-loop cleanup. Call once from the
  * main thread before the loops start (sb_http_api_init does). */

@@ -253,6 +253,41 @@ int64_t sb_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ---- token buckets ---- */
+void sb_bucket_init(sb_bucket_t *b, double rate, int64_t now_ms)
+{
+    b->tokens = rate > 0 ? rate : 0;
+    b->at_ms = now_ms;
+}
+
+bool sb_bucket_take_burst(sb_bucket_t *b, double rate, double burst, int64_t now_ms)
+{
+    if (rate <= 0) return true;
+    if (burst < 1) burst = 1;
+    if (now_ms > b->at_ms) {
+        b->tokens += (double)(now_ms - b->at_ms) * rate / 1000.0;
+        if (b->tokens > burst) b->tokens = burst;
+        b->at_ms = now_ms;
+    }
+    if (b->tokens < 1) return false;
+    b->tokens -= 1;
+    return true;
+}
+
+bool sb_bucket_take(sb_bucket_t *b, double rate, int64_t now_ms)
+{
+    return sb_bucket_take_burst(b, rate, rate, now_ms); /* a burst of one second */
+}
+
+int64_t sb_bucket_wait_ms(const sb_bucket_t *b, double rate, int64_t now_ms)
+{
+    if (rate <= 0) return 0;
+    double t = b->tokens;
+    if (now_ms > b->at_ms) t += (double)(now_ms - b->at_ms) * rate / 1000.0;
+    if (t >= 1) return 0;
+    return (int64_t)((1.0 - t) * 1000.0 / rate) + 1;
+}
+
 uint64_t sb_mono_us(void)
 {
     struct timespec ts;

@@ -105,6 +105,26 @@ bool sb_utf8_valid(const uint8_t *p, size_t len);
 int64_t sb_now_ms(void);     /* wall clock, ms since epoch */
 uint64_t sb_mono_us(void);   /* monotonic microseconds */
 
+/* A token bucket: `rate` tokens a second, holding at most one second's worth
+ * (so a client may burst `rate` operations, then sustain `rate` a second), or
+ * `burst` tokens with sb_bucket_take_burst. */
+typedef struct {
+    double tokens;
+    int64_t at_ms;
+} sb_bucket_t;
+
+/* Fills the bucket (a new client starts with a full second's burst). */
+void sb_bucket_init(sb_bucket_t *b, double rate, int64_t now_ms);
+/* Refills by the time elapsed since the last call and takes one token.
+ * Returns false, taking nothing, when less than one token is left. A rate of
+ * 0 or less means no limit (always true). now_ms must not go backwards by
+ * more than the caller tolerates: an earlier time simply adds nothing. */
+bool sb_bucket_take(sb_bucket_t *b, double rate, int64_t now_ms);
+/* The same with a bucket that holds at most `burst` tokens (at least 1). */
+bool sb_bucket_take_burst(sb_bucket_t *b, double rate, double burst, int64_t now_ms);
+/* Milliseconds from now_ms until the bucket holds a whole token (0: it does). */
+int64_t sb_bucket_wait_ms(const sb_bucket_t *b, double rate, int64_t now_ms);
+
 /* ---- logging: one line per event, logfmt, to stderr ------------------------- */
 typedef enum { SB_LOG_DEBUG, SB_LOG_INFO, SB_LOG_WARN, SB_LOG_ERROR } sb_log_level_t;
 extern sb_log_level_t sb_log_level;

@@ -846,15 +846,10 @@ static bool accept_take(sb_loop_t *l)
 {
     double rate = accept_rate_per_loop();
     if (rate <= 0) return true;
-    uint64_t now = uv_hrtime() / 1000;
-    double cap = rate / 20 > 1 ? rate / 20 : 1;
-    if (!l->accept_at_us) l->accept_tokens = cap;
-    else if (now > l->accept_at_us) l->accept_tokens += (double)(now - l->accept_at_us) * rate / 1e6;
-    if (l->accept_tokens > cap) l->accept_tokens = cap;
-    l->accept_at_us = now;
-    if (l->accept_tokens < 1) return false;
-    l->accept_tokens -= 1;
-    return true;
+    double burst = rate / 20 > 1 ? rate / 20 : 1;
+    int64_t now = (int64_t)(sb_mono_us() / 1000);
+    if (!l->accept.at_ms) l->accept = (sb_bucket_t){.tokens = burst, .at_ms = now};
+    return sb_bucket_take_burst(&l->accept, rate, burst, now);
 }
 
 static void accept_one(sb_loop_t *loop, uv_stream_t *server);
@@ -879,11 +874,11 @@ static void on_connection(uv_stream_t *server, int status)
         /* Over the rate: leave the socket with libuv, which stops reading the
          * listener until uv_accept; the rest of a storm queues in the backlog.
          * The wait is the time to the next token, at least 1 ms. */
-        double rate = accept_rate_per_loop();
-        uint64_t wait = (uint64_t)((1.0 - loop->accept_tokens) * 1000.0 / rate) + 1;
+        int64_t now = (int64_t)(sb_mono_us() / 1000);
+        int64_t wait = sb_bucket_wait_ms(&loop->accept, accept_rate_per_loop(), now);
         loop->accept_held = true;
         SB_STAT_ADD(loop, accept_pauses, 1);
-        uv_timer_start(&loop->accept_timer, accept_timer_cb, wait, 0);
+        uv_timer_start(&loop->accept_timer, accept_timer_cb, wait > 0 ? (uint64_t)wait : 1, 0);
         return;
     }
     if (status < 0) {

@@ -135,8 +135,7 @@ struct sb_loop {
      * connections wait in the kernel's backlog rather than being refused. */
     uv_timer_t accept_timer;
     bool accept_held;       /* a connection waits for a token (accept_timer runs) */
-    double accept_tokens;
-    uint64_t accept_at_us;  /* when accept_tokens was last refilled */
+    sb_bucket_t accept;     /* monotonic ms; at_ms 0 until the first accept */
     uv_async_t async;
     uv_check_t check;
     uv_prepare_t prepare;

@@ -82,6 +82,15 @@ static void test_bucket(void)
     CHECK_EQ_INT(sb_bucket_wait_ms(&b, 5, 1000 + w), 0);
     CHECK(sb_bucket_take(&b, 5, 1000 + w)); /* and the token is really there */
     CHECK_EQ_INT(sb_bucket_wait_ms(&b, 0, 1000), 0);
+    /* A smaller burst (--accept-rate holds 50 ms of its rate). */
+    sb_bucket_t a = {.tokens = 2, .at_ms = 1000};
+    ok = 0;
+    for (int i = 0; i < 5; i++) ok += sb_bucket_take_burst(&a, 40, 2, 1000);
+    CHECK_EQ_INT(ok, 2);
+    CHECK(sb_bucket_take_burst(&a, 40, 2, 1025)); /* 25 ms at 40/s is one token */
+    ok = 0;
+    for (int i = 0; i < 5; i++) ok += sb_bucket_take_burst(&a, 40, 2, 9000);
+    CHECK_EQ_INT(ok, 2); /* a long pause refills to the burst only */
 }
 
 static void test_per_ip(sb_loop_t *l)
