@@ -68,6 +68,7 @@ static struct {
     int64_t nidem;
     sb_store_append_fn store;
     sb_seq_limit_fn seq_limit;
+    sb_cluster_publish_fn cluster; /* cluster mode: Redis numbers and orders every publish */
     atomic_bool quiesced; /* the loops are gone: completions only release memory */
     struct ack_queue *acks; /* durable mode: per loop id, acknowledgements to hand over */
     int nacks;
@@ -337,9 +338,12 @@ static bool has_gap(sb_chan_t *c, sb_since_t since)
     if (!since.set || since.seq == 0) return false;
     if (since.seq < c->evicted_upto) return true;
     /* A cursor from before this server's history began (a restart in memory
-     * mode), or from the future (another server): we cannot know what it missed. */
+     * mode), or from the future (another server): we cannot know what it missed.
+     * In a cluster a cursor past this node's newest id is normal: another node
+     * acknowledged a message this one is about to apply, and everything up to
+     * the cursor is then skipped as it arrives. */
     if (since.seq + 1 < B.floor) return true;
-    if (since.seq > B.seq) return true;
+    if (since.seq > B.seq && !B.cluster) return true;
     return false;
 }
 
@@ -453,6 +457,7 @@ void sb_broker_init(uint64_t start_seq, uint64_t floor_seq)
     B.gc_watermark = 0;
     B.store = NULL;
     B.seq_limit = NULL;
+    B.cluster = NULL;
     atomic_store(&B.quiesced, false);
     formatters[SB_FMT_JSON] = fmt_json;
 }
@@ -460,6 +465,13 @@ void sb_broker_init(uint64_t start_seq, uint64_t floor_seq)
 void sb_broker_set_store(sb_store_append_fn fn) { B.store = fn; }
 
 void sb_broker_set_seq_limit(sb_seq_limit_fn fn) { B.seq_limit = fn; }
+
+void sb_broker_set_cluster(sb_cluster_publish_fn fn) { B.cluster = fn; }
+
+sb_err_t sb_publish_error(int status)
+{
+    return status == SB_PUB_CLUSTER_DOWN ? SB_ERR_CLUSTER_UNAVAILABLE : SB_ERR_STORAGE_FAILED;
+}
 
 void sb_broker_set_watermark(uint64_t upto)
 {
@@ -843,6 +855,14 @@ int sb_broker_publish(const sb_pub_t *p, uint64_t *seq_out, sb_err_t *why, sb_pu
         return -1;
     }
     if (B.store) return publish_durable(p, m, seq_out, why, cb, ud);
+    if (B.cluster) {
+        /* The message enters history when Redis hands it back numbered
+         * (sb_broker_apply); m was only built to share msg_new's checks. */
+        int64_t now = m->time_ms;
+        free(m);
+        *seq_out = 0;
+        return B.cluster(p, now, cb, ud, why);
+    }
     int64_t now = m->time_ms;
     uint32_t ih = 0;
     pthread_mutex_lock(&B.mu);
@@ -916,6 +936,69 @@ int sb_broker_restore(const sb_pub_t *p, uint64_t seq, int64_t time_ms)
     pthread_mutex_unlock(&B.mu);
     sb_msg_unref(m);
     return 0;
+}
+
+/* On each loop with readers of a channel whose history lost messages. */
+static void gap_task(sb_loop_t *loop, void *a, void *b)
+{
+    sb_chan_t *c = a;
+    chan_loop_t *cl = &c->loops[loop->id];
+    cl->iterating++;
+    for (uint32_t i = 0; i < cl->n; i++)
+        if (cl->subs[i]) cl->subs[i]->ops->reset(cl->subs[i], "history_gap");
+    if (--cl->iterating == 0 && cl->dirty) chan_loop_compact(cl);
+    sb_chan_unref(c);
+}
+
+int sb_broker_apply(const sb_pub_t *p, uint64_t seq, int64_t time_ms)
+{
+    sb_msg_t *m = msg_new(p);
+    if (!m) return -1;
+    m->seq = seq;
+    m->time_ms = time_ms;
+    int64_t now = sb_now_ms();
+    pthread_mutex_lock(&B.mu);
+    if (seq <= B.seq) {
+        /* Already applied (a catch-up overlapping the live stream). */
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        return 0;
+    }
+    sb_chan_t *c = chan_get(p->channel, true);
+    if (!c) {
+        pthread_mutex_unlock(&B.mu);
+        free(m);
+        return -1;
+    }
+    m->chan = sb_chan_ref(c);
+    B.seq = B.visible = seq;
+    c->last_active_ms = now;
+    ring_push(c, m);
+    ring_expire(c, now);
+    sb_msg_unref(c->last);
+    c->last = sb_msg_ref(m);
+    B.published++;
+    if (!atomic_load(&B.quiesced))
+        for (int i = 0; i < sb_net.nloops; i++)
+            if (c->loop_nsubs[i]) sb_loop_post(sb_net.loops[i], deliver_task, sb_msg_ref(m), NULL);
+    pthread_mutex_unlock(&B.mu);
+    sb_msg_unref(m);
+    return 0;
+}
+
+void sb_broker_gap(uint64_t upto, bool tell)
+{
+    pthread_mutex_lock(&B.mu);
+    if (upto > B.gc_watermark) B.gc_watermark = upto;
+    for (uint32_t i = 0; i < B.nbuckets; i++)
+        for (sb_chan_t *c = B.buckets[i]; c; c = c->hnext) {
+            if (upto > c->evicted_upto) c->evicted_upto = upto;
+            if (!tell || atomic_load(&B.quiesced)) continue;
+            for (int l = 0; l < sb_net.nloops; l++)
+                if (c->loop_nsubs[l]) sb_loop_post(sb_net.loops[l], gap_task, sb_chan_ref(c), NULL);
+        }
+    if (upto > B.seq) B.seq = B.visible = upto;
+    pthread_mutex_unlock(&B.mu);
 }
 
 static int cmp_seq(const void *a, const void *b)
@@ -1348,7 +1431,7 @@ size_t sb_broker_history(sb_str_t channel, sb_since_t since, size_t limit, sb_ms
     if (!c) {
         /* No such channel now; a cursor older than forgotten history still gaps. */
         if (since.set && since.seq && (since.seq < B.gc_watermark || since.seq + 1 < B.floor ||
-                                       since.seq > B.seq))
+                                       (since.seq > B.seq && !B.cluster)))
             *reset = true;
         pthread_mutex_unlock(&B.mu);
         return 0;

@@ -167,6 +167,35 @@ void sb_broker_durable_group(bool begin);
 typedef uint64_t (*sb_seq_limit_fn)(uint64_t next);
 void sb_broker_set_seq_limit(sb_seq_limit_fn fn);
 
+/* Cluster mode (src/cluster): the hook that takes over every publish. It
+ * sends p (borrowed until return) to be numbered cluster-wide and returns 0
+ * when cb will run later on the calling loop (status 0 with the id, or
+ * SB_PUB_CLUSTER_DOWN), 1 when there is no cb (the message appears once the
+ * cluster has numbered it; *seq_out stays 0), or -1 with *why set. The
+ * message enters history only through sb_broker_apply. Installed before the
+ * loops start. */
+typedef int (*sb_cluster_publish_fn)(const sb_pub_t *p, int64_t time_ms, sb_publish_cb_t cb, void *ud,
+                                     sb_err_t *why);
+void sb_broker_set_cluster(sb_cluster_publish_fn fn);
+
+/* The status a publish callback gets when the cluster could not take it. */
+#define SB_PUB_CLUSTER_DOWN (-2)
+/* The client-visible error of a failed publish callback's status. */
+sb_err_t sb_publish_error(int status);
+
+/* Cluster mode: applies a message the cluster numbered `seq`, in id order
+ * (an id at or below the newest applied one is ignored): history, `last` and
+ * the subscribers' loops, as a local publish would. Idempotency keys are the
+ * cluster's business, not this table's. Any thread. Returns 0, or -1 at the
+ * channel limit or without memory (the message is skipped). */
+int sb_broker_apply(const sb_pub_t *p, uint64_t seq, int64_t time_ms);
+
+/* Cluster mode: ids up to `upto` are lost for good (the cluster log no longer
+ * holds what this node missed). Resuming after an older cursor gets a reset;
+ * with `tell`, every current subscriber is sent a reset ("history_gap") now,
+ * since its stream skipped messages. Any thread. */
+void sb_broker_gap(uint64_t upto, bool tell);
+
 /* Puts a message recovered from the durable log back into history, as if it
  * had just been published with id seq at time_ms: the channel's ring (within
  * --history-size and --history-ttl), its last message, and its idempotency key

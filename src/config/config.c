@@ -53,6 +53,9 @@ static const opt_t opts[] = {
     {"fsync", T_STR, S(fsync), "always | batch | off (default batch)"},
     {"fsync-batch", T_DUR_MS, I(fsync_batch_us), "batch fsync window (default 5ms)"},
     {"retain-bytes", T_SIZE, I(retain_bytes), "durable log size cap (default 1GiB)"},
+    {"cluster-redis", T_STR, S(cluster_redis), "HOST:PORT of a Redis: nodes sharing it serve one set of channels (default: none, one node)"},
+    {"cluster-prefix", T_STR, S(cluster_prefix), "prefix of the cluster's keys in Redis, one per cluster (default switchboard)"},
+    {"cluster-log-size", T_INT, I(cluster_log_size), "messages kept in Redis for nodes to catch up from (default 100000)"},
     {"jwt-secret", T_STR, S(jwt_secret), "HS256 secret for client tokens (enables auth)"},
     {"api-key", T_STR, S(api_key), "key for server-side publish (Authorization: Bearer KEY)"},
     {"allowed-origins", T_STR, S(allowed_origins), "comma-separated origins allowed for WebSocket and SSE"},
@@ -108,6 +111,8 @@ static void defaults(sb_config_t *c)
     snprintf(c->fsync, sizeof c->fsync, "batch");
     c->fsync_batch_us = 5000;
     c->retain_bytes = (int64_t)1 << 30;
+    snprintf(c->cluster_prefix, sizeof c->cluster_prefix, "switchboard");
+    c->cluster_log_size = 100000;
     c->max_subscriptions = 1000;
     snprintf(c->ai_on_disconnect, sizeof c->ai_on_disconnect, "continue");
     c->ai_max_streams = 1000;

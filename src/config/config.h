@@ -43,6 +43,9 @@ typedef struct sb_config {
     int nslow_rules;
     /* storage */
     char data_dir[512]; /* "" or "none" = memory only */
+    char cluster_redis[256];  /* HOST:PORT of the cluster's Redis; "" = one node alone */
+    char cluster_prefix[64];  /* prefix of every key and channel the cluster uses in Redis */
+    int64_t cluster_log_size; /* entries kept in the Redis stream nodes catch up from */
     char fsync[16];     /* always | batch | off */
     int64_t fsync_batch_us;
     int64_t retain_bytes;

@@ -93,7 +93,7 @@ static void publish_durable_cb(void *ud, int status, uint64_t seq)
     sb_conn_t *c = p->c;
     if (sb_conn_release(c) && sb_http_alive(c)) {
         if (status == 0) reply_published(c, p->channel, seq);
-        else sb_http_error(c, SB_ERR_STORAGE_FAILED);
+        else sb_http_error(c, sb_publish_error(status));
         sb_http_async_end(c);
     }
     free(p);

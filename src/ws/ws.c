@@ -440,7 +440,7 @@ static void ws_published(void *ud, int status, uint64_t seq)
             snprintf(extra, sizeof extra, ",\"id\":\"%s\"", id);
             sb_ws_reply_ok(ws, p->ref, extra);
         } else {
-            sb_ws_reply_error(ws, p->ref, SB_ERR_STORAGE_FAILED, NULL);
+            sb_ws_reply_error(ws, p->ref, sb_publish_error(status), NULL);
         }
     }
     cJSON_Delete(p->ref);
