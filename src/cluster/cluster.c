@@ -164,11 +164,11 @@ static int cluster_publish(const sb_pub_t *p, int64_t time_ms, sb_publish_cb_t c
     memcpy(j->tail, body.p, body.len);
     sb_buf_free(&body);
     if (klen) {
-        char *k = j->tail + body.len;
+        char *k = j->tail + j->body_len;
         size_t pl = strlen(C.k_idem);
         memcpy(k, C.k_idem, pl);
         memcpy(k + pl, p->channel.p, p->channel.len);
-        k[pl + p->channel.len] = '\n';
+        k[pl + p->channel.len] = '/'; /* never in a channel name: unambiguous */
         memcpy(k + pl + p->channel.len + 1, p->idem_key.p, p->idem_key.len);
         j->idem_len = (uint32_t)klen;
     }
