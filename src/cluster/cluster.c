@@ -103,6 +103,7 @@ static struct {
     size_t blen;
     job_t *ahead, *atail; /* numbered, waiting for this node to apply them */
     int64_t backoff_ms, retry_at_ms;
+    int64_t cmd_since, sub_since; /* when the connection's attempt began */
     bool was_up;
 
     /* Any thread: */
@@ -590,14 +591,42 @@ static redisAsyncContext *open_conn(void)
 static void connect_missing(void)
 {
     bool failed = false;
-    if (!C.cmd && !(C.cmd = open_conn())) failed = true;
-    if (!C.sub && !(C.sub = open_conn())) failed = true;
+    int64_t now = sb_now_ms();
+    if (!C.cmd) {
+        if ((C.cmd = open_conn())) C.cmd_since = now;
+        else failed = true;
+    }
+    if (!C.sub) {
+        if ((C.sub = open_conn())) C.sub_since = now;
+        else failed = true;
+    }
     if (failed) schedule_retry();
 }
+
+/* hiredis 0.14's libuv adapter drops poll errors, so a refused connect
+ * neither completes nor fails: an attempt not up within this is abandoned. */
+#define CONNECT_DEADLINE_MS 2000
 
 static void on_tick(uv_timer_t *t)
 {
     settle_acks(false);
+    int64_t now = sb_now_ms();
+    if (C.cmd_up) C.cmd_since = 0;
+    if (C.sub_up) C.sub_since = 0;
+    if (C.cmd && !C.cmd_up && C.cmd_since && now - C.cmd_since > CONNECT_DEADLINE_MS) {
+        redisAsyncContext *a = C.cmd;
+        C.cmd = NULL;
+        C.cmd_since = 0;
+        redisAsyncFree(a);
+        schedule_retry();
+    }
+    if (C.sub && !C.sub_up && C.sub_since && now - C.sub_since > CONNECT_DEADLINE_MS) {
+        redisAsyncContext *a = C.sub;
+        C.sub = NULL;
+        C.sub_since = 0;
+        redisAsyncFree(a);
+        schedule_retry();
+    }
     if ((!C.cmd || !C.sub) && sb_now_ms() >= C.retry_at_ms) connect_missing();
     maybe_catchup();
 }

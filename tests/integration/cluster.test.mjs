@@ -11,7 +11,7 @@
 // 503 cluster_unavailable while reads are served, and they succeed again once
 // Redis is back.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -23,7 +23,6 @@ import { binaryPath, sleep, sseConnect, startServer, waitFor } from './lib/serve
 // ---- redis-server, our own ------------------------------------------------------
 
 const REDIS_BIN = process.env.REDIS_SERVER ?? '/usr/bin/redis-server';
-const REDIS_CLI = process.env.REDIS_CLI ?? 'redis-cli';
 const rand = Math.random().toString(36).slice(2, 10);
 const PREFIX = `sbA${rand}`; // the main cluster
 const PREFIX_D = `sbD${rand}`; // a second, separate cluster on the same Redis
@@ -62,9 +61,57 @@ async function killRedis() {
   await r.exited;
 }
 
-const cli = (...args) => execFileSync(REDIS_CLI, ['-p', String(redisPort), '--raw', ...args], { encoding: 'utf8', timeout: 5000 }).trim();
-const redisKeys = () => cli('--scan').split('\n').filter(Boolean);
-const pubsubClients = () => cli('CLIENT', 'LIST', 'TYPE', 'pubsub').split('\n').filter((l) => l.includes('addr=')).length;
+// One command over RESP on a fresh connection (key names may hold any byte,
+// a newline included, so redis-cli's line output is not parsed).
+function redisCmd(...args) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(redisPort, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error(`redis ${args.join(' ')}: no reply in 5 s`)); }, 5000);
+    // Returns [value, next offset] or null while incomplete.
+    const parse = (i) => {
+      const nl = buf.indexOf('\r\n', i);
+      if (nl < 0) return null;
+      const t = String.fromCharCode(buf[i]);
+      const line = buf.subarray(i + 1, nl).toString('latin1');
+      if (t === '+') return [line, nl + 2];
+      if (t === '-') return [new Error(line), nl + 2];
+      if (t === ':') return [Number(line), nl + 2];
+      if (t === '$') {
+        const n = Number(line);
+        if (n < 0) return [null, nl + 2];
+        if (buf.length < nl + 2 + n + 2) return null;
+        return [buf.subarray(nl + 2, nl + 2 + n).toString('latin1'), nl + 2 + n + 2];
+      }
+      if (t === '*') {
+        const n = Number(line);
+        const out = [];
+        let at = nl + 2;
+        for (let k = 0; k < n; k++) {
+          const r = parse(at);
+          if (!r) return null;
+          out.push(r[0]);
+          at = r[1];
+        }
+        return [out, at];
+      }
+      return [new Error(`bad RESP type ${t}`), buf.length];
+    };
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const r = parse(0);
+      if (!r) return;
+      clearTimeout(timer);
+      sock.destroy();
+      if (r[0] instanceof Error) reject(new Error(`redis ${args.join(' ')}: ${r[0].message}`));
+      else resolve(r[0]);
+    });
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+    sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`);
+  });
+}
+const redisKeys = () => redisCmd('KEYS', '*');
+const pubsubClients = async () => (await redisCmd('CLIENT', 'LIST', 'TYPE', 'pubsub')).split('\n').filter((l) => l.includes('addr=')).length;
 
 // ---- nodes --------------------------------------------------------------------------
 
@@ -85,6 +132,8 @@ async function startNode(name, { prefix = PREFIX, extra = [] } = {}) {
   }
   return n;
 }
+
+const logTail = (n, chars = 2500) => `\n--- ${n.name} log (tail) ---\n${n.log().slice(-chars)}`;
 
 async function stopNode(n) {
   nodes.delete(n);
@@ -417,7 +466,10 @@ test('Idempotency-Key is cluster-wide: the same key on A then B is one message w
   assert.equal(r2a.status, 201);
   assert.equal(r2a.body.id, r2.body.id, 'a key first used on B, repeated on A');
   const r3 = await pub(B, ch, { v: 3 }, { key: `k3-${rand}` });
-  assert.notEqual(r3.body.id, r1.body.id, 'another key is another message');
+  assert.equal(r3.status, 201, JSON.stringify(r3.body));
+  assert.ok(r3.body.id !== r1.body.id && r3.body.id !== r2.body.id,
+    `another key is another message: k3 got ${r3.body.id} (k1 ${r1.body.id}, k2 ${r2.body.id})`);
+  assert.notEqual(r2.body.id, r1.body.id, `k2 (${r2.body.id}) is not k1's message`);
   const want = [r1.body.id, r2.body.id, r3.body.id];
   seen(...want);
   assertIncreasing(want, 'idem');
@@ -471,7 +523,12 @@ test('rooms span nodes: a frame from a member on A reaches the members on B (and
   assert.deepEqual(hA.map((m) => asText(m.data)), [text1, text2, bin.toString('base64'), text3, 'from-b'], 'room history holds the frames');
   assert.deepEqual((await history(B, `room:${room}`)).map((m) => m.data), hA.map((m) => m.data), 'the same room history on B');
   seen(...hA.map((m) => m.id));
-  for (const ws of [a, b, c, other]) ws.close();
+  // a sent the seeds' presence frame, so its close publishes a leave message
+  // into the room: let it land before the metrics are counted.
+  a.close();
+  await eventually(async () => assert.equal((await history(A, `room:${room}`)).length, 6, 'the leave message of a is in the room history'));
+  seen(...(await historyIds(A, `room:${room}`)));
+  for (const ws of [b, c, other]) ws.close();
 });
 
 test('metrics: switchboard_cluster_* in /metrics and the cluster object in /api/metrics', { timeout: 20000 }, async () => {
@@ -524,15 +581,17 @@ test('--cluster-prefix separates clusters on one Redis; --cluster-log-size bound
   const dInMain = await historyIds(D, 'resume');
   assert.deepEqual(dInMain, [], 'D does not see the main cluster\'s channels');
 
-  const keys = redisKeys();
-  const stray = keys.filter((k) => !k.includes(PREFIX) && !k.includes(PREFIX_D));
-  assert.deepEqual(stray, [], `every Redis key carries a cluster prefix (keys: ${keys.join(' ')})`);
-  const keysD = keys.filter((k) => k.includes(PREFIX_D));
-  assert.ok(keysD.length > 0 && keys.some((k) => k.includes(PREFIX)), `both prefixes have keys: ${keys.join(' ')}`);
-  const streamsD = keysD.filter((k) => cli('TYPE', k) === 'stream');
-  assert.ok(streamsD.length >= 1, `D's cluster has a Redis stream (keys: ${keysD.join(' ')})`);
+  const keys = await redisKeys();
+  const shown = JSON.stringify(keys);
+  const stray = keys.filter((k) => !k.startsWith(PREFIX) && !k.startsWith(PREFIX_D));
+  assert.deepEqual(stray, [], `every Redis key starts with a --cluster-prefix (keys: ${shown})`);
+  const keysD = keys.filter((k) => k.startsWith(PREFIX_D));
+  assert.ok(keysD.length > 0 && keys.some((k) => k.startsWith(PREFIX)), `both prefixes have keys: ${shown}`);
+  const streamsD = [];
+  for (const k of keysD) if (await redisCmd('TYPE', k) === 'stream') streamsD.push(k);
+  assert.ok(streamsD.length >= 1, `D's cluster has a Redis stream (keys: ${JSON.stringify(keysD)})`);
   for (const k of streamsD) {
-    const len = Number(cli('XLEN', k));
+    const len = await redisCmd('XLEN', k);
     // MAXLEN ~ trims whole stream nodes (100 entries by default), so allow up to one more node.
     assert.ok(len >= 100 && len <= 200, `stream ${k} holds about --cluster-log-size 100 entries after 300 publishes: ${len}`);
   }
@@ -571,12 +630,13 @@ test('a cut pub/sub connection (CLIENT KILL TYPE pubsub): the nodes reconnect, c
   const sB = await sse(B, `channel=${ch}&since=0`);
   const sC = await sse(C, `channel=${ch}&since=0`);
   const catchupsBefore = (await clusterMetrics(B)).prom.catchups;
-  assert.ok(pubsubClients() >= 3, `3 nodes hold pub/sub connections (${pubsubClients()})`);
+  const subs = await pubsubClients();
+  assert.ok(subs >= 3, `3 nodes hold pub/sub connections (${subs})`);
   const published = [];
   let retries = 0;
   let killed = null;
   for (let i = 0; i < 40; i++) {
-    if (i === 15) killed = Number(cli('CLIENT', 'KILL', 'TYPE', 'pubsub'));
+    if (i === 15) killed = await redisCmd('CLIENT', 'KILL', 'TYPE', 'pubsub');
     // A key per message: a retry after a failed answer cannot store it twice.
     let r;
     for (let attempt = 0; ; attempt++) {
@@ -587,6 +647,8 @@ test('a cut pub/sub connection (CLIENT KILL TYPE pubsub): the nodes reconnect, c
       await sleep(250);
     }
     assert.equal(r.status, 201, `publish ${i} on A: ${JSON.stringify(r.body)}`);
+    const j = published.indexOf(r.body.id);
+    assert.equal(j, -1, `publish ${i} (key cut-${rand}-${i}) got id ${r.body.id}, already given to publish ${j} (another key)`);
     published.push(r.body.id);
     await sleep(5);
   }
@@ -598,7 +660,7 @@ test('a cut pub/sub connection (CLIENT KILL TYPE pubsub): the nodes reconnect, c
     assertIds(sseIds(sC), published, 'SSE on C across the cut');
   }, { timeout: 10000 });
   for (const node of [A, B, C]) await eventually(async () => assertIds(await historyIds(node, ch), published, `cut history on ${node.name}`));
-  await waitFor(() => pubsubClients() >= 3, { timeout: 10000, what: 'the 3 nodes subscribed again' });
+  await waitFor(async () => (await pubsubClients()) >= 3, { timeout: 10000, what: 'the 3 nodes subscribed again' });
 
   // Live again from every node.
   const tail = [await pubOk(B, ch, { i: 'B' }), await pubOk(C, ch, { i: 'C' })];
@@ -625,6 +687,7 @@ test('Redis down: publishes 503 cluster_unavailable, reads served from memory; R
   const highest = maxId;
 
   await killRedis();
+  const downAt = Date.now();
   for (const node of [A, B, C]) {
     await eventually(async () => {
       const m = await clusterMetrics(node);
@@ -656,27 +719,29 @@ test('Redis down: publishes 503 cluster_unavailable, reads served from memory; R
   await eventually(() => assertIds(sseIds(fresh), before.slice(2), 'a new SSE stream on C with Redis down'));
   fresh.close();
 
-  // Redis back on the same port (empty: --save ''): publishes succeed again.
+  // Down for 1.5 s at least (the nodes' reconnect attempts meet a closed
+  // port), then back on the same port (empty: --save ''): publishes succeed again.
+  await sleep(Math.max(0, downAt + 1500 - Date.now()));
   redis = await startRedis(redisPort);
   const t0 = Date.now();
   let back = null;
   let last = null;
-  while (!back && Date.now() - t0 < 20000) {
+  while (!back && Date.now() - t0 < 10000) {
     last = await pub(A, ch, { i: 'back-A' }, { key: `back-A-${rand}`, timeout: 8000 });
     if (last.status === 201) back = last.body.id;
     else await sleep(200);
   }
-  assert.ok(back, `a publish on A succeeds within 20 s of Redis coming back (last: ${last?.status} ${JSON.stringify(last?.body)})`);
+  assert.ok(back, `a publish on A succeeds within 10 s of Redis coming back (last: ${last?.status} ${JSON.stringify(last?.body)})${logTail(A)}`);
   const took = Date.now() - t0;
   let backB = null;
   await eventually(async () => {
     const r = await pub(B, ch, { i: 'back-B' }, { key: `back-B-${rand}`, timeout: 8000 });
-    assert.equal(r.status, 201, `publish on B after Redis came back: ${r.status} ${JSON.stringify(r.body)}`);
+    assert.equal(r.status, 201, `publish on B after Redis came back: ${r.status} ${JSON.stringify(r.body)}${logTail(B)}`);
     backB = r.body.id;
   }, { timeout: 10000, interval: 200 });
   const backC = await eventually(async () => {
     const r = await pub(C, ch, { i: 'back-C' }, { key: `back-C-${rand}`, timeout: 8000 });
-    assert.equal(r.status, 201, `publish on C after Redis came back: ${r.status} ${JSON.stringify(r.body)}`);
+    assert.equal(r.status, 201, `publish on C after Redis came back: ${r.status} ${JSON.stringify(r.body)}${logTail(C)}`);
     return r.body.id;
   }, { timeout: 10000, interval: 200 });
   const newIds = [back, backB, backC];
