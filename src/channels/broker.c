@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "config/config.h"
+#include "core/json.h"
 
 /* Per-loop subscriber list of one channel. Only its loop's thread touches it. */
 typedef struct {
@@ -109,17 +110,8 @@ sb_frame_t *sb_msg_frame(sb_msg_t *m, int fmt)
     return expected;
 }
 
-void sb_msg_json(const sb_msg_t *m, sb_buf_t *b)
+void sb_msg_data_json(const sb_msg_t *m, sb_buf_t *b)
 {
-    char id[24];
-    size_t nl;
-    const char *name = sb_chan_name(m->chan, &nl);
-    sb_cursor_encode(m->seq, id);
-    sb_buf_printf(b, "{\"id\":\"%s\",\"channel\":", id);
-    sb_buf_json_str(b, name, nl);
-    sb_buf_puts(b, ",\"event\":");
-    sb_buf_json_str(b, m->event, m->event_len);
-    sb_buf_puts(b, ",\"data\":");
     if (m->flags & SB_MSG_BINARY) {
         /* A binary room frame reads back as base64 text. */
         static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -135,10 +127,30 @@ void sb_msg_json(const sb_msg_t *m, sb_buf_t *b)
         }
         sb_buf_put(b, "\"", 1);
     } else if (m->flags & SB_MSG_RAW) {
-        sb_buf_json_str(b, m->data, m->data_len);
+        /* A text room frame: its JSON value when it is one JSON text (the
+         * seeds' cursor and chat frames are), else a string. */
+        bool obj;
+        if (m->data_len && sb_json_scan(m->data, m->data_len, NULL, NULL, 0, &obj))
+            sb_buf_put(b, m->data, m->data_len);
+        else
+            sb_buf_json_str(b, m->data, m->data_len);
     } else {
         sb_buf_put(b, m->data, m->data_len);
     }
+}
+
+void sb_msg_json(const sb_msg_t *m, sb_buf_t *b)
+{
+    char id[24];
+    size_t nl;
+    const char *name = sb_chan_name(m->chan, &nl);
+    sb_cursor_encode(m->seq, id);
+    sb_buf_printf(b, "{\"id\":\"%s\",\"channel\":", id);
+    sb_buf_json_str(b, name, nl);
+    sb_buf_puts(b, ",\"event\":");
+    sb_buf_json_str(b, m->event, m->event_len);
+    sb_buf_puts(b, ",\"data\":");
+    sb_msg_data_json(m, b);
     sb_buf_printf(b, ",\"time\":%lld}", (long long)m->time_ms);
 }
 

@@ -69,6 +69,10 @@ void sb_msg_register_format(int fmt, sb_msg_formatter_t fn);
 
 /* Appends the message as compact JSON {"id","channel","event","data","time"}. */
 void sb_msg_json(const sb_msg_t *m, sb_buf_t *b);
+/* Appends just its data as one JSON value: the data itself, or for a room
+ * frame its JSON value when the text is JSON, else a string (binary frames as
+ * base64). Every JSON transport reads room frames through this. */
+void sb_msg_data_json(const sb_msg_t *m, sb_buf_t *b);
 
 /* The channel's name (NUL-terminated, lives as long as the channel). */
 const char *sb_chan_name(const sb_chan_t *ch, size_t *len);

@@ -53,6 +53,14 @@ static sb_frame_t *fmt_sse(const sb_msg_t *m)
         const char *txt = cJSON_IsString(s) ? s->valuestring : "";
         sb_sse_format(&b, id, ev, txt, strlen(txt));
         cJSON_Delete(s);
+    } else if (m->flags & SB_MSG_BINARY) {
+        /* A binary room frame: its bytes cannot go into a text stream, so
+         * base64 text, as everywhere else it is read back. */
+        sb_buf_t t = {0};
+        sb_msg_data_json(m, &t);
+        if (t.len >= 2) sb_sse_format(&b, id, ev, t.p + 1, t.len - 2);
+        else b.oom = true;
+        sb_buf_free(&t);
     } else {
         sb_sse_format(&b, id, ev, m->data, m->data_len);
     }

@@ -205,16 +205,7 @@ static sb_frame_t *fmt_ws(const sb_msg_t *m)
     sb_buf_printf(&b, ",\"id\":\"%s\",\"event\":", id);
     sb_buf_json_str(&b, m->event, m->event_len);
     sb_buf_puts(&b, ",\"data\":");
-    if (m->flags & SB_MSG_RAW) {
-        /* Room frames read through the JSON protocol: as JSON text when it is
-         * JSON, else as a string. */
-        cJSON *j = (m->flags & SB_MSG_BINARY) ? NULL : cJSON_ParseWithLength(m->data, m->data_len);
-        if (j) sb_buf_put(&b, m->data, m->data_len);
-        else sb_buf_json_str(&b, m->data, m->data_len);
-        cJSON_Delete(j);
-    } else {
-        sb_buf_put(&b, m->data, m->data_len);
-    }
+    sb_msg_data_json(m, &b);
     sb_buf_printf(&b, ",\"time\":%lld}", (long long)m->time_ms);
     if (b.oom) {
         sb_buf_free(&b);

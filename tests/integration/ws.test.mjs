@@ -303,6 +303,30 @@ describe('rooms (the seeds\' ?room= server)', () => {
     b.close(); c.close();
   });
 
+  test('room frames read back as channel room:R: JSON text as its value, other text as a string, binary as base64', async () => {
+    const url = `ws://127.0.0.1:${srv.port}/?room=readback`;
+    const sub = await open(`ws://127.0.0.1:${srv.port}/v1/ws`);
+    sub.send(JSON.stringify({ op: 'subscribe', channel: 'room:readback', ref: 1 }));
+    await nextMsg(sub, (m) => m.op === 'ok' && m.ref === 1);
+    const sse = await sseConnect(srv.port, '/v1/sse?channel=room:readback').ready;
+    const a = await open(url);
+    const cursor = JSON.stringify({ type: 'cursor', x: 1, y: [2, 3] });
+    a.send(cursor);
+    a.send('plain text, not JSON');
+    a.send(Buffer.from([0, 1, 2, 0xff, 0xfe]));
+    a.send('');
+    const want = [{ type: 'cursor', x: 1, y: [2, 3] }, 'plain text, not JSON', Buffer.from([0, 1, 2, 0xff, 0xfe]).toString('base64'), ''];
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push((await nextMsg(sub, (m) => m.op === 'message')).data);
+    assert.deepEqual(got, want, 'over /v1/ws');
+    const res = await fetch(`http://127.0.0.1:${srv.port}/v1/channels/room:readback/messages?since=0`);
+    assert.equal(res.status, 200);
+    assert.deepEqual((await res.json()).messages.map((m) => m.data), want, 'in history');
+    await waitFor(() => sse.events.length >= 4, { what: 'four SSE events' });
+    assert.deepEqual(sse.events.slice(0, 4).map((e) => e.data), [cursor, 'plain text, not JSON', Buffer.from([0, 1, 2, 0xff, 0xfe]).toString('base64'), ''], 'over SSE: the frames as they were (binary as base64)');
+    a.close(); sub.close(); sse.close();
+  });
+
   test('over --publish-rate a room member is paced, never dropped: every frame arrives, in order', async () => {
     const paced = await startServer(['--workers', '1', '--publish-rate', '10']);
     try {
