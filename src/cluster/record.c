@@ -7,6 +7,7 @@
 
 #include "channels/channels.h"
 #include "cluster/cluster.h"
+#include "core/json.h"
 
 #define KNOWN_FLAGS (SB_MSG_DATA_STRING | SB_MSG_RAW | SB_MSG_BINARY)
 
@@ -75,5 +76,13 @@ bool sb_crec_parse(const char *p, size_t len, sb_crec_t *out)
     if (out->data.len > UINT32_MAX) return false;
     /* Text goes into SSE lines and WebSocket text frames as it is. */
     if (!(flags & SB_MSG_BINARY) && !sb_utf8_valid((const uint8_t *)out->data.p, out->data.len)) return false;
+    /* Not a room frame: the data goes into JSON frames as it is, so it must
+     * be one JSON value (a string when the flag says so). */
+    if (!(flags & SB_MSG_RAW)) {
+        bool obj;
+        if (!sb_json_scan(out->data.p, out->data.len, NULL, NULL, 0, &obj)) return false;
+        if ((flags & SB_MSG_DATA_STRING) && out->data.p[0] != '"') return false;
+    }
+    if ((flags & SB_MSG_RAW) && (flags & SB_MSG_DATA_STRING)) return false;
     return true;
 }
