@@ -582,7 +582,16 @@ static void room_publish(sb_ws_t *ws, const char *p, size_t len, bool binary)
     uint64_t seq;
     sb_err_t why;
     SB_STAT_ADD(ws->c->loop, messages_in, 1);
-    sb_broker_publish(&pub, &seq, &why, NULL, NULL);
+    if (sb_broker_publish(&pub, &seq, &why, NULL, NULL) < 0) {
+        /* A room frame has no acknowledgement to carry the refusal (channel
+         * limit, cluster unavailable): rather than drop it silently, close
+         * with the error's code and code name, and the seeds' client
+         * reconnects with its backoff. */
+        const sb_err_info_t *e = sb_err_info(why);
+        sb_log_ratelimited(SB_LOG_WARN, 1000, "room frame refused, member closed", "room=%.*s why=%s",
+                           (int)ws->room->name_len, ws->room->name, e->code);
+        ws_close(ws, (uint16_t)e->ws_close, e->code);
+    }
 }
 
 /* ---- frames in ---- */

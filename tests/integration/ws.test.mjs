@@ -327,6 +327,19 @@ describe('rooms (the seeds\' ?room= server)', () => {
     a.close(); sub.close(); sse.close();
   });
 
+  test('a room the server cannot hold (channel limit) closes its member with 1013, never drops its frames silently', async () => {
+    const small = await startServer(['--max-channels', '2']);
+    try {
+      for (const ch of ['one', 'two']) assert.equal((await publish(small.base, ch, { data: 1 })).status, 201);
+      const a = await open(`ws://127.0.0.1:${small.port}/?room=third`);
+      const closed = new Promise((resolve) => a.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+      a.send('{"type":"cursor"}');
+      assert.deepEqual(await closed, { code: 1013, reason: 'channel limit' });
+    } finally {
+      assert.equal((await small.stop()).code, 0);
+    }
+  });
+
   test('over --publish-rate a room member is paced, never dropped: every frame arrives, in order', async () => {
     const paced = await startServer(['--workers', '1', '--publish-rate', '10']);
     try {
