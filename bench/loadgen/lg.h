@@ -109,6 +109,7 @@ typedef struct {
     /* options */
     const char *scenario, *label, *host, *channel;
     int port;
+    int pub_port; /* --pub-target: publish-only connections go here (0: to port) */
     sub_kind_t sub;
     pub_kind_t pub;
     uint32_t subs, pubs, groups, members, window, size, concurrency, src_ips;

@@ -289,6 +289,8 @@ static void usage(FILE *f)
     fprintf(f,
 "usage: sb_loadgen --scenario fanout|rooms|publish|idle|storm [options]\n"
 "  --target HOST:PORT     server (default 127.0.0.1:8080; loopback only)\n"
+"  --pub-target HOST:PORT publish-only connections go there instead (another node of\n"
+"                         a cluster; the same loopback host as --target)\n"
 "  --label NAME           name of the target in the output (default server)\n"
 "  --sub KIND             ws-json (Switchboard /v1/ws + subscribe op), ws-url (nchan),\n"
 "                         room (raw ?room= member), sse, none   (default ws-json)\n"
@@ -341,7 +343,7 @@ static void parse_args(int argc, char **argv)
     enum { O_TARGET = 256, O_LABEL, O_SUB, O_PUB, O_SUBS, O_PUBS, O_CHANNELS, O_CHANNEL,
            O_ROOMS, O_MEMBERS, O_RATE, O_WINDOW, O_SIZE, O_DURATION, O_DRAIN, O_SETTLE,
            O_CONC, O_SRC, O_CTO, O_WSP, O_SSEP, O_PUBP, O_PID, O_STOP, O_MAXP99, O_SCEN,
-           O_BEFORE, O_AFTER, O_SELFTEST, O_BUSY, O_NOURING };
+           O_BEFORE, O_AFTER, O_SELFTEST, O_BUSY, O_NOURING, O_PUBTARGET };
     static const struct option opts[] = {
         {"scenario", 1, 0, O_SCEN},       {"target", 1, 0, O_TARGET},
         {"label", 1, 0, O_LABEL},         {"sub", 1, 0, O_SUB},
@@ -359,11 +361,12 @@ static void parse_args(int argc, char **argv)
         {"before-phase", 1, 0, O_BEFORE}, {"after-phase", 1, 0, O_AFTER},
         {"self-test", 0, 0, O_SELFTEST},  {"busy-poll", 0, 0, O_BUSY},
         {"no-io-uring", 0, 0, O_NOURING}, {"help", 0, 0, 'h'},
+        {"pub-target", 1, 0, O_PUBTARGET},
         {0, 0, 0, 0}};
     long subs_n = -1, pubs_n = -1, window = -1;
     int sub = -1, pub = -1, o;
     bool rate_set = false;
-    const char *target = "127.0.0.1:8080";
+    const char *target = "127.0.0.1:8080", *pub_target = NULL;
 
     L.label = "server";
     L.channel = "bench";
@@ -382,6 +385,7 @@ static void parse_args(int argc, char **argv)
         switch (o) {
         case O_SCEN: L.scenario = optarg; break;
         case O_TARGET: target = optarg; break;
+        case O_PUBTARGET: pub_target = optarg; break;
         case O_LABEL: L.label = optarg; break;
         case O_SUB:
             if ((sub = parse_kind(optarg, subs, 5)) < 0)
@@ -461,6 +465,14 @@ static void parse_args(int argc, char **argv)
         }
         L.host = host;
         L.port = atoi(colon + 1);
+        if (pub_target) {
+            const char *pc = strrchr(pub_target, ':');
+            if (!pc || (size_t)(pc - pub_target) != strlen(host) || strncmp(pub_target, host, strlen(host))) {
+                fprintf(stderr, "sb_loadgen: --pub-target must be HOST:PORT on the --target host\n");
+                exit(2);
+            }
+            L.pub_port = atoi(pc + 1);
+        }
     }
 
     if (strcmp(L.scenario, "rooms") == 0) {

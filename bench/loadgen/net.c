@@ -360,7 +360,8 @@ static void start_connect(lg_conn_t *c)
         return;
     }
     inet_pton(AF_INET, L.host, &dst.sin_addr);
-    dst.sin_port = htons((uint16_t)L.port);
+    /* Publish-only connections may go to another node of a cluster (--pub-target). */
+    dst.sin_port = htons((uint16_t)(c->kind >= 100 && L.pub_port ? L.pub_port : L.port));
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(L.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
         conn_close(c, strerror(errno));

@@ -6,6 +6,8 @@
 #   GET  /v1/ws?channel=ch            WebSocket subscriber
 # One worker process, like the other peers and the one-core budget of issue 9.
 # usage: bench/peers/nchan.sh PORT [PREFIX_DIR]    (runs in the foreground; exec's nginx)
+# NCHAN_REDIS=HOST:PORT keeps the channels in that Redis instead (nchan's own
+# clustering: every nginx pointed at one Redis serves the same channels).
 set -euo pipefail
 port=${1:?usage: nchan.sh PORT [PREFIX_DIR]}
 dir=${2:-/tmp/sb-bench-nchan-$port}
@@ -44,6 +46,8 @@ http {
     keepalive_requests 1000000000;
     keepalive_timeout 300s;
     nchan_max_reserved_memory 512M;
+${NCHAN_REDIS:+    nchan_redis_url "redis://$NCHAN_REDIS";
+    nchan_use_redis on;}
 
     server {
         listen 127.0.0.1:$port;
