@@ -6,6 +6,7 @@
  * queue) and the wake async handle. */
 #define _GNU_SOURCE
 #include "cluster/cluster.h"
+#include "cluster/internal.h"
 
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
@@ -105,6 +106,7 @@ static struct {
     int64_t backoff_ms, retry_at_ms;
     int64_t cmd_since, sub_since; /* when the connection's attempt began */
     bool was_up;
+    bool ready_logged;
 
     /* Any thread: */
     atomic_bool cmd_ok;    /* publishes can be sent */
@@ -192,11 +194,10 @@ static void ack(job_t *j, int status)
     atomic_fetch_sub(&C.jobs, 1);
     j->status = status;
     if (status != 0) atomic_fetch_add(&C.n_failed, 1);
-    bool stopping;
-    pthread_mutex_lock(&C.mu);
-    stopping = C.stopping;
-    pthread_mutex_unlock(&C.mu);
-    if (!j->cb || stopping) free(j);
+    /* Also while stopping: the loops have stopped but sb_net_free still runs
+     * their queued tasks, so the callback releases the connection it holds
+     * and frees its context (it answers nobody, the connection is closed). */
+    if (!j->cb) free(j);
     else sb_loop_post(j->loop, ack_task, j, NULL);
 }
 
@@ -342,14 +343,23 @@ static void catchup_done(void)
         /* An empty log: history begins after the cluster's newest id. */
         if (!C.applied && C.seq_start) sb_broker_gap(C.seq_start, false);
         C.initial_done = true;
-        sb_info("cluster ready", "node=%016llx applied=%llu", (unsigned long long)C.node,
-                (unsigned long long)C.applied);
-        pthread_mutex_lock(&C.mu);
-        C.ready = true;
-        pthread_cond_broadcast(&C.cv);
-        pthread_mutex_unlock(&C.mu);
+        sb_cluster_maybe_ready();
     }
     maybe_catchup();
+}
+
+void sb_cluster_maybe_ready(void)
+{
+    /* The other nodes' members too: a reader's first presence.sync on a
+     * node started later holds them. */
+    if (C.ready_logged || !C.initial_done || !sb_cluster_pres_settled()) return;
+    C.ready_logged = true;
+    sb_info("cluster ready", "node=%016llx applied=%llu", (unsigned long long)C.node,
+            (unsigned long long)C.applied);
+    pthread_mutex_lock(&C.mu);
+    C.ready = true;
+    pthread_cond_broadcast(&C.cv);
+    pthread_mutex_unlock(&C.mu);
 }
 
 static void on_range(redisAsyncContext *ac, void *reply, void *priv)
@@ -383,6 +393,13 @@ static void on_message(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) return;
     const char *kind = r->element[0]->str;
+    /* One subscription, two channels: presence has its own. */
+    if (r->element[1]->type == REDIS_REPLY_STRING && !strcmp(r->element[1]->str, sb_cluster_pres_channel())) {
+        if (!strcmp(kind, "subscribe")) sb_cluster_pres_subscribed();
+        else if (!strcmp(kind, "message") && r->element[2]->type == REDIS_REPLY_STRING)
+            sb_cluster_pres_message(r->element[2]->str, r->element[2]->len);
+        return;
+    }
     if (!strcmp(kind, "subscribe")) {
         C.sub_up = true;
         C.backoff_ms = 0;
@@ -484,7 +501,8 @@ static void on_wake(uv_async_t *h)
         else send_job(j);
         j = next;
     }
-    if (stopping) close_all();
+    /* A bye first (best effort): the others drop our members at once. */
+    if (stopping && !sb_cluster_pres_goodbye(close_all)) close_all();
 }
 
 static void schedule_retry(void)
@@ -544,8 +562,11 @@ static void on_init(redisAsyncContext *ac, void *reply, void *priv)
     C.cmd_up = true;
     C.backoff_ms = 0;
     note_state();
+    sb_cluster_pres_cmd_up();
     maybe_catchup();
 }
+
+redisAsyncContext *sb_cluster_cmd(void) { return C.cmd_up ? C.cmd : NULL; }
 
 static void on_connect(const redisAsyncContext *cac, int status)
 {
@@ -564,8 +585,8 @@ static void on_connect(const redisAsyncContext *cac, int status)
         const char *argv[] = {"EVAL", INIT_LUA, "1", C.k_seq, floor};
         redisAsyncCommandArgv(ac, on_init, NULL, 5, argv, NULL);
     } else if (ac == C.sub) {
-        const char *argv[] = {"SUBSCRIBE", C.k_chan};
-        redisAsyncCommandArgv(ac, on_message, NULL, 2, argv, NULL);
+        const char *argv[] = {"SUBSCRIBE", C.k_chan, sb_cluster_pres_channel()};
+        redisAsyncCommandArgv(ac, on_message, NULL, 3, argv, NULL);
     }
 }
 
@@ -629,12 +650,13 @@ static void on_tick(uv_timer_t *t)
     }
     if ((!C.cmd || !C.sub) && sb_now_ms() >= C.retry_at_ms) connect_missing();
     maybe_catchup();
+    sb_cluster_pres_tick();
 }
 
 static void close_all(void)
 {
     /* Frees run every pending callback with no reply: publishes in flight
-     * are dropped (ack frees them while stopping). */
+     * are answered with an error (nobody is left to read it). */
     redisAsyncContext *a = C.cmd, *b = C.sub;
     C.cmd = C.sub = NULL;
     C.cmd_up = C.sub_up = false;
@@ -644,6 +666,7 @@ static void close_all(void)
     if (b) redisAsyncFree(b);
     settle_acks(true);
     buffer_free();
+    sb_cluster_pres_close();
     if (!uv_is_closing((uv_handle_t *)&C.tick)) uv_close((uv_handle_t *)&C.tick, NULL);
     if (!uv_is_closing((uv_handle_t *)&C.wake)) uv_close((uv_handle_t *)&C.wake, NULL);
 }
@@ -679,12 +702,15 @@ static void cluster_metrics(sb_buf_t *b, bool prometheus)
                       "# HELP switchboard_cluster_publish_failures_total Publishes answered 503 (Redis unreachable or failing).\n"
                       "# TYPE switchboard_cluster_publish_failures_total counter\nswitchboard_cluster_publish_failures_total %llu\n",
                       up ? 1 : 0, pub, app, cu, gaps, bad, failed);
+        sb_cluster_pres_metrics(b, true);
         return;
     }
     sb_buf_printf(b,
                   ",\"cluster\":{\"connected\":%s,\"node\":\"%016llx\",\"published\":%llu,\"applied\":%llu,"
-                  "\"catchups\":%llu,\"gaps\":%llu,\"badRecords\":%llu,\"publishFailures\":%llu}",
+                  "\"catchups\":%llu,\"gaps\":%llu,\"badRecords\":%llu,\"publishFailures\":%llu",
                   up ? "true" : "false", (unsigned long long)C.node, pub, app, cu, gaps, bad, failed);
+    sb_cluster_pres_metrics(b, false);
+    sb_buf_put(b, "}", 1);
 }
 
 /* ---- lifecycle (main thread) ---- */
@@ -732,6 +758,7 @@ int sb_cluster_init(void)
     do C.node = sb_random_u64();
     while (!C.node);
     C.on = true;
+    sb_cluster_pres_init(pre, C.node);
     /* Ids come from Redis: this node's own clock-based numbering is dropped
      * before anything was published. */
     sb_broker_init(0, 0);
@@ -743,7 +770,8 @@ int sb_cluster_init(void)
 int sb_cluster_start(int64_t wait_ms)
 {
     if (!C.on) return 0;
-    if (uv_loop_init(&C.loop) || uv_async_init(&C.loop, &C.wake, on_wake) || uv_timer_init(&C.loop, &C.tick)) {
+    if (uv_loop_init(&C.loop) || uv_async_init(&C.loop, &C.wake, on_wake) || uv_timer_init(&C.loop, &C.tick) ||
+        sb_cluster_pres_start(&C.loop)) {
         sb_error("cluster: cannot set up its loop", "%s", "");
         return -1;
     }
@@ -782,6 +810,8 @@ void sb_cluster_stop(void)
     uv_async_send(&C.wake);
     pthread_join(C.thread, NULL);
     C.started = false;
+    /* The remote members leave (nobody reads them any more) and are freed. */
+    sb_cluster_pres_free();
     /* The libuv adapter closes its poll handles asynchronously: let them go. */
     uv_run(&C.loop, UV_RUN_NOWAIT);
     uv_loop_close(&C.loop);

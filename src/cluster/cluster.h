@@ -16,7 +16,12 @@
  *
  * Threads: one cluster thread with its own libuv loop owns both Redis
  * connections (commands, and the pub/sub subscription); the event loops hand
- * it publishes through a queue and get their acknowledgements back as tasks. */
+ * it publishes through a queue and get their acknowledgements back as tasks.
+ *
+ * Presence is cluster-wide too (presence.c): over a second pub/sub channel,
+ * "<prefix>:presence", on the same two connections, each node publishes its
+ * own members' changes, snapshots and heartbeats and merges the others'. At
+ * sb_cluster_stop it says bye (best effort) and frees the remote members. */
 #ifndef SB_CLUSTER_H
 #define SB_CLUSTER_H
 
@@ -63,7 +68,8 @@ int sb_cluster_init(void);
 int sb_cluster_start(int64_t wait_ms);
 
 /* After the loops stopped: closes the connections and joins the thread.
- * Publishes still waiting for Redis are dropped (nobody is left to answer). */
+ * Publishes still waiting for Redis get their callbacks with an error (on
+ * the stopped loops, run by sb_net_free: they only release what they hold). */
 void sb_cluster_stop(void);
 
 /* True in cluster mode. */

@@ -135,7 +135,7 @@ static struct {
     htab_t chans;
     htab_t gusers;
     puser_t *grace_head, *grace_tail;
-    int64_t members, ngrace;
+    int64_t members, remote, ngrace;
 } M = {.mu = PTHREAD_MUTEX_INITIALIZER, .chans = {.min = 64}, .gusers = {.min = 64}};
 
 void pres_model_init(const pres_hooks_t *hooks, int64_t grace_ms)
@@ -353,6 +353,7 @@ pres_member_t *pres_enter(pres_chan_t *ch, uint16_t node, sb_str_t cid, sb_str_t
     else ch->first = m;
     ch->last = m;
     M.members++;
+    if (node) M.remote++;
     /* A user back within its grace period never left as far as readers know. */
     bool announce = u->nmembers == 0 && !u->grace_until;
     if (u->grace_until) grace_unlink(u);
@@ -407,6 +408,7 @@ static void member_unlink(pres_member_t *m)
     if (m->next) m->next->prev = m->prev;
     else ch->last = m->prev;
     M.members--;
+    if (m->node) M.remote--;
     guser_put(m->guser);
 }
 
@@ -506,10 +508,27 @@ size_t pres_drop_node(uint16_t node, int64_t now_ms)
     return n;
 }
 
+void pres_node_each(uint16_t node, void (*fn)(pres_member_t *m, void *ud), void *ud)
+{
+    for (uint32_t i = 0; M.chans.b && i <= M.chans.mask; i++)
+        for (hnode_t *h = M.chans.b[i]; h; h = h->next)
+            for (pres_member_t *m = ((pres_chan_t *)h)->first; m; m = m->next)
+                if (m->node == node) fn(m, ud);
+}
+
+pres_chan_t *pres_member_chan(const pres_member_t *m) { return m->ch; }
+uint16_t pres_member_node(const pres_member_t *m) { return m->node; }
+sb_str_t pres_member_client_id(const pres_member_t *m) { return sb_str(m->cid, m->cid_len); }
+sb_str_t pres_member_user_id(const pres_member_t *m)
+{
+    return sb_str(m->user->id, m->user->id_len);
+}
+
 void pres_totals(pres_totals_t *out)
 {
     out->channels = M.chans.n;
     out->members = M.members;
+    out->remote = M.remote;
     out->users = M.gusers.n;
     out->grace = M.ngrace;
 }
@@ -540,6 +559,7 @@ void pres_model_clear(void)
     ht_free(&M.chans);
     ht_free(&M.gusers);
     M.members = 0;
+    M.remote = 0;
 }
 
 /* ---- throttle ---- */

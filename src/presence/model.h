@@ -99,9 +99,21 @@ uint64_t pres_snapshot(pres_chan_t *ch, sb_buf_t *members, sb_buf_t *users);
  * Returns how many left. */
 size_t pres_drop_node(uint16_t node, int64_t now_ms);
 
+/* Calls fn for every member of node, channel by channel, each channel's in
+ * enter order. fn must not enter, update or leave members (collect them and
+ * act after the walk); the member is borrowed until fn returns. */
+void pres_node_each(uint16_t node, void (*fn)(pres_member_t *m, void *ud), void *ud);
+/* What a member is: its channel, node, clientId and userId (borrowed while
+ * the member lives). */
+pres_chan_t *pres_member_chan(const pres_member_t *m);
+uint16_t pres_member_node(const pres_member_t *m);
+sb_str_t pres_member_client_id(const pres_member_t *m);
+sb_str_t pres_member_user_id(const pres_member_t *m);
+
 typedef struct {
     int64_t channels;     /* channels with presence state */
     int64_t members;      /* members across channels */
+    int64_t remote;       /* of which members of other cluster nodes (node != 0) */
     int64_t users;        /* distinct userIds with at least one member anywhere */
     int64_t grace;        /* users within their grace period */
 } pres_totals_t;

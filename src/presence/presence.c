@@ -101,7 +101,7 @@ struct pconn {
     uint32_t nmembs;
     preader_t *readers;
     uint8_t cid_len;
-    char cid[24]; /* clientId: the connection id */
+    char cid[40]; /* clientId: the connection id, after the node prefix in a cluster */
 };
 
 struct pmemb {
@@ -131,6 +131,12 @@ static struct {
     bool stopping;   /* under the model lock */
     bool used;       /* under the model lock: a member entered since start */
     _Atomic uint64_t events;
+    /* Cluster replication (sb_presence_set_repl): the hooks and the number of
+     * the last local change handed to them, under the model lock; the clientId
+     * prefix, written before the loops run. */
+    const sb_presence_repl_t *repl;
+    uint64_t repl_seq;
+    char cid_prefix[20];
 } P;
 
 /* Marks a loop whose presence state is gone for good (it stopped). */
@@ -451,6 +457,31 @@ static void arm(ploop_t *pl, int64_t due)
     uv_timer_start(&pl->timer, timer_cb, (uint64_t)(due > now ? due - now : 0), 0);
 }
 
+/* ---- replication of local changes to the cluster ---- */
+enum { REPL_ENTER, REPL_UPDATE, REPL_LEAVE };
+
+/* Hands a change of local member m to the cluster layer, lock held, right
+ * where the model changed (for a leave: just before), so that the order of
+ * the replicated changes is the order of the model's. */
+static void replicate(int kind, const pres_member_t *m)
+{
+    const sb_presence_repl_t *r = P.repl;
+    if (!r) return;
+    size_t nl;
+    const char *name = pres_chan_name(pres_member_chan(m), &nl);
+    sb_str_t ch = sb_str(name, nl), cid = pres_member_client_id(m);
+    uint64_t seq = ++P.repl_seq;
+    if (kind == REPL_LEAVE) {
+        r->leave(seq, ch, cid);
+        return;
+    }
+    size_t jl;
+    const char *j = pres_member_json(m, &jl);
+    sb_str_t uid = pres_member_user_id(m), json = sb_str(j, jl);
+    if (kind == REPL_ENTER) r->enter(seq, ch, cid, uid, json);
+    else r->update(seq, ch, cid, uid, json);
+}
+
 /* ---- memberships ---- */
 static void member_json(ploop_t *pl, pmemb_t *pm, const char *state, size_t len)
 {
@@ -479,7 +510,9 @@ static void broadcast_locked(ploop_t *pl, pmemb_t *pm, const char *state, size_t
         pl->scratch.oom = false;
         return;
     }
-    pres_update(pm->m, sb_str(pl->scratch.p, pl->scratch.len));
+    /* Remote nodes get exactly the states local readers get: this one. */
+    if (pres_update(pm->m, sb_str(pl->scratch.p, pl->scratch.len)) == 0)
+        replicate(REPL_UPDATE, pm->m);
 }
 
 static void live_list(pconn_t *pc)
@@ -557,6 +590,8 @@ static sb_err_t memb_enter(pconn_t *pc, sb_str_t name, sb_str_t user, sb_str_t i
         if (!pm->m) {
             err = SB_ERR_INTERNAL;
             pres_chan_maybe_free(ch);
+        } else {
+            replicate(REPL_ENTER, pm->m);
         }
     }
     if (!err) P.used = true;
@@ -620,6 +655,9 @@ static void memb_update(pmemb_t *pm, const char *state, size_t len)
 static void memb_leave_locked(pmemb_t *pm, int64_t now)
 {
     unqueue(pm->pc->pl, pm);
+    /* Every way a local member goes (leave op, close, stale timeout, SSE
+     * close) comes through here. */
+    replicate(REPL_LEAVE, pm->m);
     pres_leave(pm->m, now);
     free(pm->prefix);
     free(pm->pend);
@@ -758,7 +796,8 @@ static pconn_t *pconn_new(sb_conn_t *c, sb_ws_t *ws)
     pc->c = c;
     pc->ws = ws;
     pc->pl = pl;
-    pc->cid_len = (uint8_t)snprintf(pc->cid, sizeof pc->cid, "%llu", (unsigned long long)c->id);
+    pc->cid_len = (uint8_t)snprintf(pc->cid, sizeof pc->cid, "%s%llu", P.cid_prefix,
+                                    (unsigned long long)c->id);
     pl->npc++;
     return pc;
 }
@@ -925,7 +964,7 @@ static void op_presence(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
         memb_update(pm, state, strlen(state));
         free(state);
         if (enter || ref) {
-            char extra[48];
+            char extra[64];
             snprintf(extra, sizeof extra, ",\"clientId\":\"%s\"", pc->cid);
             sb_ws_reply_ok(ws, ref, extra);
         }
@@ -965,7 +1004,7 @@ static void op_presence(sb_ws_t *ws, const cJSON *msg, const cJSON *ref)
         sb_ws_reply_error(ws, ref, err, NULL);
         return;
     }
-    char extra[48];
+    char extra[64];
     snprintf(extra, sizeof extra, ",\"clientId\":\"%s\"", pc->cid);
     sb_ws_reply_ok(ws, ref, extra);
 }
@@ -1022,6 +1061,215 @@ static void sse_close(sb_conn_t *c, void **slot)
 {
     if (*slot) pconn_free(*slot);
     *slot = NULL;
+}
+
+/* ---- cluster: replication hooks and remote members ----
+ * The cluster layer calls these from its own thread (not a loop): they take
+ * the model lock, and what they emit reaches the readers through on_emit,
+ * which only touches state under that lock and posts drain tasks with
+ * sb_loop_post (thread-safe). */
+void sb_presence_set_repl(const sb_presence_repl_t *r)
+{
+    pres_lock();
+    P.repl = r;
+    if (r && r->client_prefix)
+        snprintf(P.cid_prefix, sizeof P.cid_prefix, "%s", r->client_prefix);
+    pres_unlock();
+}
+
+/* Enters or replaces remote member (node, cid) of channel; lock held.
+ * `always`: emit update even when the JSON did not change (a broadcast of
+ * the origin's readers); otherwise an unchanged member emits nothing. */
+static int remote_put(uint16_t node, sb_str_t channel, sb_str_t cid, sb_str_t uid, sb_str_t json,
+                      bool always)
+{
+    pres_chan_t *ch = pres_chan_get(channel, true, sb_cfg.max_channels);
+    if (!ch) {
+        sb_log_ratelimited(SB_LOG_WARN, 1000, "remote presence member not kept (channel limit)",
+                           "channel=%.*s", (int)channel.len, channel.p);
+        return SB_ELIMIT;
+    }
+    int rc = 0;
+    int64_t now = now_ms();
+    /* Held so that a leave below cannot free it under us. */
+    pres_chan_hold(ch);
+    pres_member_t *m = pres_member_find(ch, node, cid);
+    if (m) {
+        sb_str_t u = pres_member_user_id(m);
+        if (u.len == uid.len && !memcmp(u.p, uid.p, uid.len)) {
+            size_t jl;
+            const char *j = pres_member_json(m, &jl);
+            if (always || jl != json.len || memcmp(j, json.p, jl)) rc = pres_update(m, json);
+            pres_chan_release(ch);
+            return rc;
+        }
+        /* Another user under the same clientId: the origin's leave and enter
+         * were missed here. */
+        pres_leave(m, now);
+    }
+    if (pres_enter(ch, node, cid, uid, json, NULL, now)) P.used = true;
+    else rc = SB_ENOMEM;
+    pres_chan_release(ch);
+    return rc;
+}
+
+int sb_presence_remote_enter(uint16_t node, sb_str_t channel, sb_str_t client_id,
+                             sb_str_t user_id, sb_str_t member)
+{
+    pres_lock();
+    int rc = remote_put(node, channel, client_id, user_id, member, false);
+    pres_unlock();
+    return rc;
+}
+
+int sb_presence_remote_update(uint16_t node, sb_str_t channel, sb_str_t client_id,
+                              sb_str_t user_id, sb_str_t member)
+{
+    pres_lock();
+    int rc = remote_put(node, channel, client_id, user_id, member, true);
+    pres_unlock();
+    return rc;
+}
+
+void sb_presence_remote_leave(uint16_t node, sb_str_t channel, sb_str_t client_id)
+{
+    pres_lock();
+    pres_chan_t *ch = pres_chan_get(channel, false, 0);
+    pres_member_t *m = ch ? pres_member_find(ch, node, client_id) : NULL;
+    if (m) pres_leave(m, now_ms());
+    pres_unlock();
+}
+
+size_t sb_presence_drop_node(uint16_t node)
+{
+    if (!node) return 0;
+    pres_lock();
+    size_t n = pres_drop_node(node, now_ms());
+    pres_unlock();
+    return n;
+}
+
+typedef struct {
+    const pres_member_t **seen; /* sorted */
+    size_t nseen;
+    pres_member_t **gone;
+    size_t ngone, capgone;
+    bool oom;
+} sweep_t;
+
+static int ptr_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void sweep_cb(pres_member_t *m, void *ud)
+{
+    sweep_t *s = ud;
+    const pres_member_t *key = m;
+    if (s->nseen && bsearch(&key, s->seen, s->nseen, sizeof *s->seen, ptr_cmp)) return;
+    if (s->ngone == s->capgone) {
+        size_t cap = s->capgone ? s->capgone * 2 : 16;
+        pres_member_t **n = realloc(s->gone, cap * sizeof *n);
+        if (!n) {
+            s->oom = true;
+            return;
+        }
+        s->gone = n;
+        s->capgone = cap;
+    }
+    s->gone[s->ngone++] = m;
+}
+
+void sb_presence_remote_sync(uint16_t node, const sb_presence_member_t *members, size_t n)
+{
+    if (!node) return;
+    sweep_t s = {0};
+    s.seen = n ? malloc(n * sizeof *s.seen) : NULL;
+    pres_lock();
+    /* Enters and updates first, leaves after: a user whose member was
+     * replaced under a new clientId never looks offline. */
+    for (size_t i = 0; i < n; i++) {
+        const sb_presence_member_t *x = &members[i];
+        /* A member that failed to update (memory) is still current: kept. */
+        remote_put(node, x->channel, x->client_id, x->user_id, x->member, false);
+        pres_chan_t *ch = pres_chan_get(x->channel, false, 0);
+        const pres_member_t *m = ch ? pres_member_find(ch, node, x->client_id) : NULL;
+        if (m && s.seen) s.seen[s.nseen++] = m;
+    }
+    if (n && !s.seen) {
+        /* Without the list of what is current nothing can be told stale:
+         * the next snapshot sweeps. */
+        sb_log_ratelimited(SB_LOG_ERROR, 1000, "out of memory reconciling remote presence",
+                           "node=%u", (unsigned)node);
+        pres_unlock();
+        return;
+    }
+    if (s.nseen > 1) qsort(s.seen, s.nseen, sizeof *s.seen, ptr_cmp);
+    pres_node_each(node, sweep_cb, &s);
+    int64_t now = now_ms();
+    /* A channel outlives the walk while any of its members is still listed. */
+    for (size_t i = 0; i < s.ngone; i++) pres_leave(s.gone[i], now);
+    pres_unlock();
+    if (s.oom)
+        sb_log_ratelimited(SB_LOG_ERROR, 1000, "out of memory reconciling remote presence",
+                           "node=%u", (unsigned)node);
+    free(s.seen);
+    free(s.gone);
+}
+
+typedef struct {
+    sb_presence_each_fn fn;
+    void *ud;
+} each_t;
+
+static void local_cb(pres_member_t *m, void *ud)
+{
+    each_t *e = ud;
+    size_t nl, jl;
+    const char *name = pres_chan_name(pres_member_chan(m), &nl);
+    const char *j = pres_member_json(m, &jl);
+    sb_presence_member_t x = {.channel = sb_str(name, nl),
+                              .client_id = pres_member_client_id(m),
+                              .user_id = pres_member_user_id(m),
+                              .member = sb_str(j, jl)};
+    e->fn(e->ud, &x);
+}
+
+uint64_t sb_presence_local_snapshot(sb_presence_each_fn fn, void *ud)
+{
+    each_t e = {fn, ud};
+    pres_lock();
+    pres_node_each(0, local_cb, &e);
+    uint64_t seq = P.repl_seq;
+    pres_unlock();
+    return seq;
+}
+
+void sb_presence_grace_tick(void)
+{
+    pres_lock();
+    pres_grace_expire(now_ms());
+    pres_unlock();
+}
+
+int64_t sb_presence_remote_members(void)
+{
+    pres_totals_t t;
+    pres_lock();
+    pres_totals(&t);
+    pres_unlock();
+    return t.remote;
+}
+
+void sb_presence_remote_clear(void)
+{
+    pres_lock();
+    /* Every loop is gone: what is left are remote members and users within
+     * their grace period, which no loop will free any more. Otherwise the
+     * last loop to go frees the model (ploop_maybe_free). */
+    if (P.nploops == 0) pres_model_clear();
+    pres_unlock();
 }
 
 /* ---- REST, info, metrics ---- */

@@ -13,45 +13,21 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
+import { freePort, redisCommand, startRedis } from './lib/redis.mjs';
 import { binaryPath, sleep, sseConnect, startServer, waitFor } from './lib/server.mjs';
 
 // ---- redis-server, our own ------------------------------------------------------
 
-const REDIS_BIN = process.env.REDIS_SERVER ?? '/usr/bin/redis-server';
 const rand = Math.random().toString(36).slice(2, 10);
 const PREFIX = `sbA${rand}`; // the main cluster
 const PREFIX_D = `sbD${rand}`; // a second, separate cluster on the same Redis
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
-
 let redisPort;
 let redis = null; // { child, exited, log }
-
-async function startRedis(port) {
-  const child = spawn(REDIS_BIN, ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  child.stdout.on('data', (d) => { log += d; });
-  child.stderr.on('data', (d) => { log += d; });
-  const r = { child, exited, log: () => log };
-  await Promise.race([
-    waitFor(() => /Ready to accept connections/.test(log), { timeout: 10000, what: 'redis-server ready' }),
-    exited.then((e) => { throw new Error(`redis-server exited (${e.code ?? e.signal}):\n${log}`); }),
-  ]);
-  return r;
-}
 
 async function killRedis() {
   if (!redis) return;
@@ -61,55 +37,7 @@ async function killRedis() {
   await r.exited;
 }
 
-// One command over RESP on a fresh connection (key names may hold any byte,
-// a newline included, so redis-cli's line output is not parsed).
-function redisCmd(...args) {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(redisPort, '127.0.0.1');
-    let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => { sock.destroy(); reject(new Error(`redis ${args.join(' ')}: no reply in 5 s`)); }, 5000);
-    // Returns [value, next offset] or null while incomplete.
-    const parse = (i) => {
-      const nl = buf.indexOf('\r\n', i);
-      if (nl < 0) return null;
-      const t = String.fromCharCode(buf[i]);
-      const line = buf.subarray(i + 1, nl).toString('latin1');
-      if (t === '+') return [line, nl + 2];
-      if (t === '-') return [new Error(line), nl + 2];
-      if (t === ':') return [Number(line), nl + 2];
-      if (t === '$') {
-        const n = Number(line);
-        if (n < 0) return [null, nl + 2];
-        if (buf.length < nl + 2 + n + 2) return null;
-        return [buf.subarray(nl + 2, nl + 2 + n).toString('latin1'), nl + 2 + n + 2];
-      }
-      if (t === '*') {
-        const n = Number(line);
-        const out = [];
-        let at = nl + 2;
-        for (let k = 0; k < n; k++) {
-          const r = parse(at);
-          if (!r) return null;
-          out.push(r[0]);
-          at = r[1];
-        }
-        return [out, at];
-      }
-      return [new Error(`bad RESP type ${t}`), buf.length];
-    };
-    sock.on('data', (d) => {
-      buf = Buffer.concat([buf, d]);
-      const r = parse(0);
-      if (!r) return;
-      clearTimeout(timer);
-      sock.destroy();
-      if (r[0] instanceof Error) reject(new Error(`redis ${args.join(' ')}: ${r[0].message}`));
-      else resolve(r[0]);
-    });
-    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
-    sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`);
-  });
-}
+const redisCmd = (...args) => redisCommand(redisPort, ...args);
 const redisKeys = () => redisCmd('KEYS', '*');
 const pubsubClients = async () => (await redisCmd('CLIENT', 'LIST', 'TYPE', 'pubsub')).split('\n').filter((l) => l.includes('addr=')).length;
 

@@ -239,6 +239,80 @@ static void test_drop_node(void)
     pres_unlock();
 }
 
+/* The members of one node, walked for a cluster snapshot, with what each is
+ * (channel, node, clientId, userId); remote members counted apart. */
+typedef struct {
+    int n;
+    char seen[8][64];
+} walk_t;
+
+static void walk_cb(pres_member_t *m, void *ud)
+{
+    walk_t *w = ud;
+    size_t nl;
+    const char *name = pres_chan_name(pres_member_chan(m), &nl);
+    sb_str_t cid = pres_member_client_id(m), uid = pres_member_user_id(m);
+    if (w->n < 8)
+        snprintf(w->seen[w->n], sizeof w->seen[0], "%.*s/%u/%.*s/%.*s", (int)nl, name,
+                 (unsigned)pres_member_node(m), (int)cid.len, cid.p, (int)uid.len, uid.p);
+    w->n++;
+}
+
+static bool walked(const walk_t *w, const char *s)
+{
+    for (int i = 0; i < w->n && i < 8; i++)
+        if (!strcmp(w->seen[i], s)) return true;
+    return false;
+}
+
+static void test_node_each(void)
+{
+    pres_model_init(&hooks, 1000);
+    nrecs = 0;
+    pres_lock();
+    pres_chan_t *a = pres_chan_get(S("a"), true, 0), *b = pres_chan_get(S("b"), true, 0);
+    const char *j = "{}";
+    pres_enter(a, 0, S("1"), S("local"), S(j), NULL, 0);
+    pres_enter(a, 3, S("1"), S("r1"), S(j), NULL, 0);
+    pres_enter(a, 3, S("2"), S("r2"), S(j), NULL, 0);
+    pres_enter(b, 3, S("1"), S("r1"), S(j), NULL, 0);
+    pres_enter(b, 4, S("9"), S("r9"), S(j), NULL, 0);
+    pres_totals_t t;
+    pres_totals(&t);
+    CHECK_EQ_INT(t.members, 5);
+    CHECK_EQ_INT(t.remote, 4);
+    walk_t w = {0};
+    pres_node_each(3, walk_cb, &w);
+    CHECK_EQ_INT(w.n, 3);
+    CHECK(walked(&w, "a/3/1/r1") && walked(&w, "a/3/2/r2") && walked(&w, "b/3/1/r1"));
+    memset(&w, 0, sizeof w);
+    pres_node_each(0, walk_cb, &w);
+    CHECK_EQ_INT(w.n, 1);
+    CHECK(walked(&w, "a/0/1/local"));
+    memset(&w, 0, sizeof w);
+    pres_node_each(5, walk_cb, &w); /* a node with no members */
+    CHECK_EQ_INT(w.n, 0);
+    /* A remote member that leaves is no longer counted, nor walked. */
+    pres_leave(pres_member_find(b, 4, S("9")), 0);
+    pres_totals(&t);
+    CHECK_EQ_INT(t.remote, 3);
+    CHECK_EQ_INT(pres_drop_node(3, 0), 3);
+    pres_totals(&t);
+    CHECK_EQ_INT(t.remote, 0);
+    CHECK_EQ_INT(t.members, 1);
+    memset(&w, 0, sizeof w);
+    pres_node_each(3, walk_cb, &w);
+    CHECK_EQ_INT(w.n, 0);
+    /* The users of the dropped members (and r9's) wait out their grace. */
+    CHECK_EQ_INT(t.grace, 4);
+    CHECK(pres_grace_expire(1000) == 0);
+    pres_leave(pres_member_find(a, 0, S("1")), 0);
+    pres_grace_expire(2000);
+    pres_totals(&t);
+    CHECK_EQ_INT(t.channels + t.members + t.users + t.grace + t.remote, 0);
+    pres_unlock();
+}
+
 /* Many members churning through one channel: tables grow and shrink, all
  * memory goes (ASan would name any leak). The change stream stays gapless. */
 static void test_churn(void)
@@ -281,6 +355,7 @@ int main(void)
     test_distinct_users();
     test_holds_and_limits();
     test_drop_node();
+    test_node_each();
     test_churn();
     pres_lock();
     pres_model_clear();
