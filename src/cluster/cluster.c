@@ -628,26 +628,26 @@ static void connect_missing(void)
  * neither completes nor fails: an attempt not up within this is abandoned. */
 #define CONNECT_DEADLINE_MS 2000
 
+/* A connect attempt not up within CONNECT_DEADLINE_MS is freed and retried
+ * (hiredis 0.14's libuv adapter drops some connect errors). */
+static void abandon_stuck(redisAsyncContext **ac, int64_t *since, bool up, int64_t now)
+{
+    if (!*ac || up || !*since || now - *since <= CONNECT_DEADLINE_MS) return;
+    redisAsyncContext *a = *ac;
+    *ac = NULL;
+    *since = 0;
+    redisAsyncFree(a);
+    schedule_retry();
+}
+
 static void on_tick(uv_timer_t *t)
 {
     settle_acks(false);
     int64_t now = sb_now_ms();
     if (C.cmd_up) C.cmd_since = 0;
     if (C.sub_up) C.sub_since = 0;
-    if (C.cmd && !C.cmd_up && C.cmd_since && now - C.cmd_since > CONNECT_DEADLINE_MS) {
-        redisAsyncContext *a = C.cmd;
-        C.cmd = NULL;
-        C.cmd_since = 0;
-        redisAsyncFree(a);
-        schedule_retry();
-    }
-    if (C.sub && !C.sub_up && C.sub_since && now - C.sub_since > CONNECT_DEADLINE_MS) {
-        redisAsyncContext *a = C.sub;
-        C.sub = NULL;
-        C.sub_since = 0;
-        redisAsyncFree(a);
-        schedule_retry();
-    }
+    abandon_stuck(&C.cmd, &C.cmd_since, C.cmd_up, now);
+    abandon_stuck(&C.sub, &C.sub_since, C.sub_up, now);
     if ((!C.cmd || !C.sub) && sb_now_ms() >= C.retry_at_ms) connect_missing();
     maybe_catchup();
     sb_cluster_pres_tick();

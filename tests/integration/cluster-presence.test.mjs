@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { freePort, redisCommand, startRedis } from './lib/redis.mjs';
-import { sleep, startServer, waitFor } from './lib/server.mjs';
+import { sleep, startServer, waitFor, eventually } from './lib/server.mjs';
 
 const rand = Math.random().toString(36).slice(2, 10);
 const PREFIX = `sbP${rand}`;
@@ -165,15 +165,6 @@ async function observe(node, channel) {
 const restMembers = async (node, ch) =>
   (await getJson(node, `/v1/channels/${encodeURIComponent(ch)}/presence`)).members.sort((a, b) => (a.clientId < b.clientId ? -1 : 1));
 
-async function eventually(check, { timeout = 5000, interval = 20 } = {}) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try { return await check(); } catch (e) {
-      if (Date.now() > end) throw e;
-    }
-    await sleep(interval);
-  }
-}
 
 async function metrics(node) {
   const text = await (await fetch(`${node.base}/metrics`, { signal: AbortSignal.timeout(10000) })).text();

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { freePort, redisCommand, startRedis } from './lib/redis.mjs';
-import { binaryPath, sleep, sseConnect, startServer, waitFor } from './lib/server.mjs';
+import { binaryPath, sleep, sseConnect, startServer, waitFor, eventually } from './lib/server.mjs';
 
 // ---- redis-server, our own ------------------------------------------------------
 
@@ -157,17 +157,6 @@ function assertIncreasing(ids, label) {
 
 const byId = (x, y) => (BigInt(x) < BigInt(y) ? -1 : BigInt(x) > BigInt(y) ? 1 : 0);
 
-// Retries an assertion until it passes or the time is up, then throws its
-// last failure (which says what was missing).
-async function eventually(check, { timeout = 5000, interval = 20 } = {}) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try { return await check(); } catch (e) {
-      if (Date.now() > end) throw e;
-    }
-    await sleep(interval);
-  }
-}
 
 function openWs(node, p = '/v1/ws') {
   return new Promise((resolve, reject) => {

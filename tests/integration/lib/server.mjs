@@ -152,3 +152,15 @@ export async function waitFor(pred, { timeout = 5000, interval = 10, what = 'con
   }
   throw new Error(`timed out waiting for ${what}`);
 }
+
+// Retries an assertion until it passes or the time is up, then throws its
+// last failure (which says what was missing).
+export async function eventually(check, { timeout = 5000, interval = 20 } = {}) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    try { return await check(); } catch (e) {
+      if (Date.now() > end) throw e;
+    }
+    await sleep(interval);
+  }
+}
