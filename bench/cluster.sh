@@ -8,6 +8,8 @@
 #
 #   bench/cluster.sh                   one run of every case (about 2 minutes)
 #   BENCH_REPEAT=3 bench/cluster.sh    every case 3 times, the table shows medians
+#   CLUSTER_CASES=publish CLUSTER_TARGETS=switchboard BUILD_RELEASE=/tmp/other/build/release \
+#     bench/cluster.sh                 one case against one target, built elsewhere (A/B)
 #
 # Cases: fan-out of 128-byte messages to 1,000 WebSocket subscribers at 100 msg/s
 # (100k deliveries/s; the figure is the CPU of all three processes per delivery)
@@ -121,7 +123,10 @@ run_case() {
 
 targets=(switchboard nchan switchboard-1)
 [ $have_nchan = 1 ] || targets=(switchboard switchboard-1)
+# CLUSTER_TARGETS / CLUSTER_CASES pick a subset (an A/B of two builds with BUILD_RELEASE).
+[ -z "${CLUSTER_TARGETS:-}" ] || read -r -a targets <<<"$CLUSTER_TARGETS"
 cases=(fanout-100 fanout-1000 publish)
+[ -z "${CLUSTER_CASES:-}" ] || read -r -a cases <<<"$CLUSTER_CASES"
 say "cluster bench $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 say "two nodes + one redis-server per target; subscribers on node B, publishers on node A; unpinned"
 for ((i = 1; i <= REPEAT; i++)); do
@@ -135,7 +140,7 @@ done
 
 # Medians per (case, target) of the figures each case is about.
 med() { # med CASE TARGET KEY
-  grep "^case=$1 " "$WORK/kv" | grep " target=$2 " | grep -o " $3=[^ ]*" | cut -d= -f2 | sort -g |
+  { grep "^case=$1 " "$WORK/kv" | grep " target=$2 " | grep -o " $3=[^ ]*" || true; } | cut -d= -f2 | sort -g |
     awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2fx", a / b; else print "-" }'; }

@@ -49,23 +49,40 @@ typedef struct rbuf {
     char p[];
 } rbuf_t;
 
-/* Numbers, appends, publishes; or answers a repeated Idempotency-Key with
- * the first id. KEYS: seq, last, log, idem. ARGV: body, has-idem, window ms,
- * log size, pub/sub channel. INCR comes back as a Lua number (a double):
- * '%.0f' prints it whole (ids stay below 2^53), tostring would not. */
+/* Numbers, appends and publishes a batch of records in one call (one round
+ * trip and one script run for everything a wake-up found queued), or answers
+ * a repeated Idempotency-Key with the first id. KEYS: seq, last, log, then
+ * one idempotency key per record (a placeholder when it has none). ARGV:
+ * window ms, log size, pub/sub channel, then per record has-idem and body.
+ * Returns one string per record: its new id, '=' and the first id for a
+ * repeat, or '!' and Redis's error when its append failed (the records
+ * before it stand; the chain of prev ids skips the failed one). INCR comes
+ * back as a Lua number (a double): '%.0f' prints it whole (ids stay below
+ * 2^53), tostring would not. */
 static const char PUBLISH_LUA[] =
-    "if ARGV[2] == '1' then\n"
-    "  local hit = redis.call('GET', KEYS[4])\n"
-    "  if hit then return {0, hit} end\n"
-    "end\n"
-    "local seq = string.format('%.0f', redis.call('INCR', KEYS[1]))\n"
+    "local out = {}\n"
     "local prev = redis.call('GET', KEYS[2]) or '0'\n"
-    "local rec = seq .. ' ' .. prev .. ' ' .. ARGV[1]\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'm', rec)\n"
-    "redis.call('SET', KEYS[2], seq)\n"
-    "if ARGV[2] == '1' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[3]) end\n"
-    "redis.call('PUBLISH', ARGV[5], rec)\n"
-    "return {1, seq}\n";
+    "for i = 1, #KEYS - 3 do\n"
+    "  local key, has, body = KEYS[i + 3], ARGV[2 * i + 2], ARGV[2 * i + 3]\n"
+    "  local hit = has == '1' and redis.call('GET', key)\n"
+    "  if hit then\n"
+    "    out[i] = '=' .. hit\n"
+    "  else\n"
+    "    local seq = string.format('%.0f', redis.call('INCR', KEYS[1]))\n"
+    "    local rec = seq .. ' ' .. prev .. ' ' .. body\n"
+    "    local ok = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', rec)\n"
+    "    if type(ok) == 'table' and ok.err then\n"
+    "      out[i] = '!' .. ok.err\n"
+    "    else\n"
+    "      redis.call('SET', KEYS[2], seq)\n"
+    "      if has == '1' then redis.call('SET', key, seq, 'PX', ARGV[1]) end\n"
+    "      redis.call('PUBLISH', ARGV[3], rec)\n"
+    "      prev = seq\n"
+    "      out[i] = seq\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* A new cluster (or a Redis that lost everything) starts its ids from the
  * clock, like a node alone, so that cursors from before are told apart
@@ -103,6 +120,10 @@ static struct {
     rbuf_t *bhead, *btail;
     size_t blen;
     job_t *ahead, *atail; /* numbered, waiting for this node to apply them */
+    job_t *phead, *ptail; /* taken from the queue, waiting for a script call */
+    int calls_out;        /* script calls sent, not answered */
+    int call_head;        /* the oldest of them in call_sent_ms */
+    int64_t call_sent_ms[2];
     int64_t backoff_ms, retry_at_ms;
     int64_t cmd_since, sub_since; /* when the connection's attempt began */
     bool was_up;
@@ -112,7 +133,7 @@ static struct {
     atomic_bool cmd_ok;    /* publishes can be sent */
     atomic_bool connected; /* both connections up */
     atomic_int_fast64_t jobs;
-    _Atomic uint64_t n_published, n_applied, n_catchups, n_gaps, n_bad, n_failed;
+    _Atomic uint64_t n_published, n_applied, n_catchups, n_gaps, n_bad, n_failed, n_calls;
 } C = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 bool sb_cluster_enabled(void) { return C.on; }
@@ -430,15 +451,29 @@ static void on_message(redisAsyncContext *ac, void *reply, void *priv)
     maybe_catchup();
 }
 
-static void on_publish(redisAsyncContext *ac, void *reply, void *priv)
+/* Records per script call, and the bytes of their bodies: a wake-up with
+ * more queued sends several calls back to back on the one connection. */
+#define BATCH_MAX 256
+#define BATCH_MAX_BYTES (1u << 20)
+/* Script calls unanswered at most (see send_jobs). */
+#define CALLS_OUT 2
+_Static_assert(CALLS_OUT == sizeof C.call_sent_ms / sizeof C.call_sent_ms[0], "one send time per call out");
+
+typedef struct {
+    int n;
+    job_t *job[BATCH_MAX];
+} batch_t;
+
+/* The script's answer for one job. */
+static void numbered(job_t *j, const redisReply *e)
 {
-    job_t *j = priv;
-    redisReply *r = reply;
     uint64_t seq = 0;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
-        sb_str_to_u64(sb_str(r->element[1]->str, r->element[1]->len), &seq) && seq) {
-        if (r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == 1)
-            atomic_fetch_add(&C.n_published, 1);
+    bool repeat = e && e->type == REDIS_REPLY_STRING && e->len && e->str[0] == '=';
+    if (e && e->type == REDIS_REPLY_STRING && e->len && e->str[0] == '!') {
+        sb_log_ratelimited(SB_LOG_ERROR, 1000, "cluster publish failed", "err=%.*s", (int)e->len - 1, e->str + 1);
+    } else if (e && e->type == REDIS_REPLY_STRING &&
+               sb_str_to_u64(sb_str(e->str + repeat, e->len - repeat), &seq) && seq) {
+        if (!repeat) atomic_fetch_add(&C.n_published, 1);
         j->seq = seq;
         if (seq <= C.applied) {
             ack(j, 0);
@@ -451,38 +486,103 @@ static void on_publish(redisAsyncContext *ac, void *reply, void *priv)
         C.atail = j;
         return;
     }
-    if (r && r->type == REDIS_REPLY_ERROR)
-        sb_log_ratelimited(SB_LOG_ERROR, 1000, "cluster publish failed", "err=%s", r->str);
-    /* No reply (the connection went): the script may or may not have run.
-     * The publisher hears 503 and retries; with an Idempotency-Key the retry
-     * gets the first id if it had. */
+    /* No answer (the connection went), or a failed append: the script may
+     * or may not have numbered it. The publisher hears 503 and retries;
+     * with an Idempotency-Key the retry gets the first id if it had. */
     ack(j, SB_PUB_CLUSTER_DOWN);
 }
 
-static void send_job(job_t *j)
+static void send_jobs(void);
+
+static void on_publish(redisAsyncContext *ac, void *reply, void *priv)
 {
-    const char *argv[13];
-    size_t argl[13];
+    batch_t *b = priv;
+    redisReply *r = reply;
+    bool whole = r && r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)b->n;
+    if (r && r->type == REDIS_REPLY_ERROR)
+        sb_log_ratelimited(SB_LOG_ERROR, 1000, "cluster publish failed", "err=%s records=%d", r->str, b->n);
+    for (int i = 0; i < b->n; i++) numbered(b->job[i], whole ? r->element[i] : NULL);
+    free(b);
+    C.calls_out--;
+    C.call_head = (C.call_head + 1) % CALLS_OUT;
+    send_jobs();
+}
+
+static void send_batch(batch_t *b)
+{
+    /* The cluster thread alone sends: one set of argument arrays serves. */
+    static const char *argv[9 + 3 * BATCH_MAX];
+    static size_t argl[9 + 3 * BATCH_MAX];
     int n = 0;
 #define ARG(p, l) (argv[n] = (p), argl[n] = (l), n++)
 #define ARGS(s) ARG(s, strlen(s))
     ARGS("EVAL");
     ARG(PUBLISH_LUA, sizeof PUBLISH_LUA - 1);
-    ARGS("4");
+    char nkeys[16];
+    snprintf(nkeys, sizeof nkeys, "%d", 3 + b->n);
+    ARGS(nkeys);
     ARGS(C.k_seq);
     ARGS(C.k_last);
     ARGS(C.k_log);
-    if (j->idem_len) ARG(j->tail + j->body_len, j->idem_len);
-    else ARGS(C.k_idem);
-    ARG(j->tail, j->body_len);
-    ARGS(j->idem_len ? "1" : "0");
+    for (int i = 0; i < b->n; i++) {
+        job_t *j = b->job[i];
+        if (j->idem_len) ARG(j->tail + j->body_len, j->idem_len);
+        else ARGS(C.k_idem);
+    }
     ARGS(C.window);
     ARGS(C.log_size);
     ARGS(C.k_chan);
+    for (int i = 0; i < b->n; i++) {
+        job_t *j = b->job[i];
+        ARGS(j->idem_len ? "1" : "0");
+        ARG(j->tail, j->body_len);
+    }
 #undef ARG
 #undef ARGS
-    if (!C.cmd_up || redisAsyncCommandArgv(C.cmd, on_publish, j, n, argv, argl) != REDIS_OK)
-        ack(j, SB_PUB_CLUSTER_DOWN);
+    if (!C.cmd_up || redisAsyncCommandArgv(C.cmd, on_publish, b, n, argv, argl) != REDIS_OK) {
+        for (int i = 0; i < b->n; i++) ack(b->job[i], SB_PUB_CLUSTER_DOWN);
+        free(b);
+        return;
+    }
+    C.call_sent_ms[(C.call_head + C.calls_out) % CALLS_OUT] = sb_now_ms();
+    C.calls_out++;
+    atomic_fetch_add(&C.n_calls, 1);
+}
+
+/* Sends the waiting jobs, in order, BATCH_MAX (or BATCH_MAX_BYTES) a call,
+ * with at most CALLS_OUT calls unanswered. An idle cluster sends a publish
+ * the moment it is queued; under load the publishes that come while calls
+ * are out wait for the next answer and go together in one call, so a batch
+ * grows with the load and the number of round trips does not. */
+
+static void send_jobs(void)
+{
+    while (C.phead && C.calls_out < CALLS_OUT) {
+        batch_t *b = malloc(sizeof *b);
+        if (!b) {
+            /* Out of memory: these publishes fail; nothing was sent. */
+            job_t *j = C.phead;
+            C.phead = C.ptail = NULL;
+            while (j) {
+                job_t *next = j->next;
+                ack(j, SB_PUB_CLUSTER_DOWN);
+                j = next;
+            }
+            return;
+        }
+        b->n = 0;
+        size_t bytes = 0;
+        while (C.phead && b->n < BATCH_MAX && (b->n == 0 || bytes + C.phead->body_len <= BATCH_MAX_BYTES)) {
+            job_t *j = C.phead;
+            C.phead = j->next;
+            if (!C.phead) C.ptail = NULL;
+            j->next = NULL;
+            bytes += j->body_len;
+            b->job[b->n++] = j;
+        }
+        /* With the connection down this answers 503 at once and sends on. */
+        send_batch(b);
+    }
 }
 
 static void close_all(void);
@@ -490,16 +590,25 @@ static void close_all(void);
 static void on_wake(uv_async_t *h)
 {
     pthread_mutex_lock(&C.mu);
-    job_t *j = C.qhead;
+    job_t *j = C.qhead, *tail = C.qtail;
     C.qhead = C.qtail = NULL;
     bool stopping = C.stopping;
     pthread_mutex_unlock(&C.mu);
-    while (j) {
-        job_t *next = j->next;
-        j->next = NULL;
-        if (stopping) ack(j, SB_PUB_CLUSTER_DOWN);
-        else send_job(j);
-        j = next;
+    if (j) {
+        if (C.ptail) C.ptail->next = j;
+        else C.phead = j;
+        C.ptail = tail;
+    }
+    if (stopping) {
+        j = C.phead;
+        C.phead = C.ptail = NULL;
+        while (j) {
+            job_t *next = j->next;
+            ack(j, SB_PUB_CLUSTER_DOWN);
+            j = next;
+        }
+    } else {
+        send_jobs();
     }
     /* A bye first (best effort): the others drop our members at once. */
     if (stopping && !sb_cluster_pres_goodbye(close_all)) close_all();
@@ -627,6 +736,7 @@ static void connect_missing(void)
 /* hiredis 0.14's libuv adapter drops poll errors, so a refused connect
  * neither completes nor fails: an attempt not up within this is abandoned. */
 #define CONNECT_DEADLINE_MS 2000
+#define CALL_DEADLINE_MS 5000 /* longest a publish waits for Redis's answer */
 
 /* A connect attempt not up within CONNECT_DEADLINE_MS is freed and retried
  * (hiredis 0.14's libuv adapter drops some connect errors). */
@@ -648,6 +758,23 @@ static void on_tick(uv_timer_t *t)
     if (C.sub_up) C.sub_since = 0;
     abandon_stuck(&C.cmd, &C.cmd_since, C.cmd_up, now);
     abandon_stuck(&C.sub, &C.sub_since, C.sub_up, now);
+    /* A Redis that stops answering (paused, swapping, a long script) would
+     * hold every publish forever: drop the connection, the publishes out
+     * answer 503 (their publishers retry, with their Idempotency-Key), and
+     * the usual reconnection follows. */
+    if (C.cmd && C.cmd_up && C.calls_out && now - C.call_sent_ms[C.call_head] > CALL_DEADLINE_MS) {
+        sb_warn("cluster: Redis did not answer a publish in time; reconnecting", "waited_ms=%lld calls=%d",
+                (long long)(now - C.call_sent_ms[C.call_head]), C.calls_out);
+        redisAsyncContext *a = C.cmd;
+        redisAsyncFree(a);
+        /* on_disconnect ran inside (the context was connected); be sure. */
+        if (C.cmd == a) {
+            C.cmd = NULL;
+            C.cmd_up = false;
+            note_state();
+            schedule_retry();
+        }
+    }
     if ((!C.cmd || !C.sub) && sb_now_ms() >= C.retry_at_ms) connect_missing();
     maybe_catchup();
     sb_cluster_pres_tick();
@@ -683,7 +810,7 @@ static void cluster_metrics(sb_buf_t *b, bool prometheus)
 {
     unsigned long long pub = atomic_load(&C.n_published), app = atomic_load(&C.n_applied),
                        cu = atomic_load(&C.n_catchups), gaps = atomic_load(&C.n_gaps), bad = atomic_load(&C.n_bad),
-                       failed = atomic_load(&C.n_failed);
+                       failed = atomic_load(&C.n_failed), calls = atomic_load(&C.n_calls);
     bool up = atomic_load(&C.connected);
     if (prometheus) {
         sb_buf_printf(b,
@@ -700,15 +827,17 @@ static void cluster_metrics(sb_buf_t *b, bool prometheus)
                       "# HELP switchboard_cluster_bad_records_total Records from Redis that did not parse (skipped).\n"
                       "# TYPE switchboard_cluster_bad_records_total counter\nswitchboard_cluster_bad_records_total %llu\n"
                       "# HELP switchboard_cluster_publish_failures_total Publishes answered 503 (Redis unreachable or failing).\n"
-                      "# TYPE switchboard_cluster_publish_failures_total counter\nswitchboard_cluster_publish_failures_total %llu\n",
-                      up ? 1 : 0, pub, app, cu, gaps, bad, failed);
+                      "# TYPE switchboard_cluster_publish_failures_total counter\nswitchboard_cluster_publish_failures_total %llu\n"
+                      "# HELP switchboard_cluster_publish_calls_total Script calls to Redis that numbered publishes (each carries a batch).\n"
+                      "# TYPE switchboard_cluster_publish_calls_total counter\nswitchboard_cluster_publish_calls_total %llu\n",
+                      up ? 1 : 0, pub, app, cu, gaps, bad, failed, calls);
         sb_cluster_pres_metrics(b, true);
         return;
     }
     sb_buf_printf(b,
                   ",\"cluster\":{\"connected\":%s,\"node\":\"%016llx\",\"published\":%llu,\"applied\":%llu,"
-                  "\"catchups\":%llu,\"gaps\":%llu,\"badRecords\":%llu,\"publishFailures\":%llu",
-                  up ? "true" : "false", (unsigned long long)C.node, pub, app, cu, gaps, bad, failed);
+                  "\"catchups\":%llu,\"gaps\":%llu,\"badRecords\":%llu,\"publishFailures\":%llu,\"publishCalls\":%llu",
+                  up ? "true" : "false", (unsigned long long)C.node, pub, app, cu, gaps, bad, failed, calls);
     sb_cluster_pres_metrics(b, false);
     sb_buf_put(b, "}", 1);
 }

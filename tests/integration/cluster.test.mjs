@@ -399,6 +399,118 @@ test('Idempotency-Key is cluster-wide: the same key on A then B is one message w
   }
 });
 
+test('publishes that wait for Redis go in batches: 600 WS publishes while Redis is paused, repeats inside the burst, one id each, in order on both nodes', { timeout: 30000 }, async () => {
+  const ch = 'burst';
+  const N = 600;
+  const sB = await sse(B, `channel=${ch}&since=0`);
+  const before = (await getJson(A, '/api/metrics')).cluster;
+  const ws = await openWs(A);
+  // Every tenth publish repeats the key of the one before it: the repeat is
+  // in the same burst, very likely in the same script call.
+  const ops = [];
+  for (let i = 0; i < N; i++) {
+    const key = `burst-${rand}-${i % 10 === 9 ? i - 1 : i}`;
+    ops.push({ op: 'publish', channel: ch, data: { i }, key, ref: ws.nextRef++ });
+  }
+  // Redis paused: at most CALLS_OUT (2) script calls go out, the rest of the
+  // burst waits for their answers and then goes BATCH_MAX (256) a call.
+  const frames = ops.map((o) => JSON.stringify(o));
+  process.kill(redis.child.pid, 'SIGSTOP');
+  try {
+    ws._socket.cork();
+    for (const f of frames) ws.send(f);
+    ws._socket.uncork();
+    await sleep(500); // the loop has parsed and queued them all
+  } finally {
+    process.kill(redis.child.pid, 'SIGCONT');
+  }
+  const replies = new Map();
+  await waitFor(() => {
+    for (const f of ws.inbox) if (f.ref) replies.set(f.ref, f);
+    return replies.size === N;
+  }, { timeout: 20000, what: `${N} publish replies (have ${replies.size})` });
+  const ids = ops.map((o) => {
+    const r = replies.get(o.ref);
+    assert.equal(r.op, 'ok', `publish ${o.data.i}: ${JSON.stringify(r)}`);
+    return r.id;
+  });
+  for (let i = 9; i < N; i += 10) assert.equal(ids[i], ids[i - 1], `publish ${i} repeats the key of ${i - 1}: the same id`);
+  const distinct = ids.filter((_, i) => i % 10 !== 9);
+  assert.equal(new Set(distinct).size, N - N / 10, 'every other publish got an id of its own');
+  assertIncreasing(distinct, 'burst ids in send order');
+  seen(...distinct);
+  const after = (await getJson(A, '/api/metrics')).cluster;
+  const calls = after.publishCalls - before.publishCalls;
+  const published = after.published - before.published;
+  assert.equal(published, distinct.length, `A counts ${distinct.length} new messages published (repeats are not)`);
+  assert.ok(calls >= 3 && calls <= 2 + Math.ceil(N / 256) + 1, `${N} publishes held behind 2 unanswered calls took ${calls} script calls`);
+  console.log(`# ${N} publishes in ${calls} script calls`);
+  for (const node of [A, B]) {
+    const h = await history(node, ch);
+    assertIds(h.map((m) => m.id), distinct, `burst history on ${node.name}`);
+    assert.deepEqual(h.map((m) => m.data.i), ops.filter((_, i) => i % 10 !== 9).map((o) => o.data.i), `burst data in order on ${node.name}`);
+  }
+  await eventually(() => assertIds(sseIds(sB), distinct, 'burst over SSE on B'));
+  ws.close();
+  sB.close();
+});
+
+test('an append Redis refuses fails that publish alone: 503, the next one is numbered and reaches the other node', { timeout: 30000 }, async () => {
+  // Put an entry far ahead in the log stream: XADD of the next ids fails
+  // ("equal or smaller than the target stream top item") until INCR passes it.
+  const ch = 'refused';
+  const id0 = await pubOk(A, ch, { n: 0 });
+  const logKey = `${PREFIX}:log`;
+  assert.equal(await redisCmd('TYPE', logKey), 'stream', `${logKey} is the log stream (keys: ${JSON.stringify(await redisKeys())})`);
+  const top = BigInt(id0) + 3n;
+  await redisCmd('XADD', logKey, `${top}-0`, 'm', 'not a record');
+  const ws = await openWs(A);
+  const ops = [1, 2, 3, 4].map((n) => ({ op: 'publish', channel: ch, data: { n }, ref: ws.nextRef++ }));
+  ws._socket.cork();
+  for (const o of ops) ws.send(JSON.stringify(o));
+  ws._socket.uncork();
+  await waitFor(() => ops.every((o) => ws.inbox.some((f) => f.ref === o.ref)), { timeout: 10000, what: 'four replies' });
+  const rs = ops.map((o) => ws.inbox.find((f) => f.ref === o.ref));
+  // Ids id0+1..id0+3 are refused by the stream; the fourth gets id0+4.
+  const ok = rs.filter((r) => r.op === 'ok');
+  const failed = rs.filter((r) => r.op !== 'ok');
+  assert.deepEqual(rs.map((r) => r.op), ['error', 'error', 'error', 'ok'], `replies: ${JSON.stringify(rs)}`);
+  for (const r of failed) assert.equal(r.code, 'cluster_unavailable', `a refused append answers cluster_unavailable: ${JSON.stringify(r)}`);
+  assert.equal(ok[0].id, String(top + 1n), 'the first append past the stream top is numbered');
+  seen(ok[0].id);
+  for (const node of [A, B])
+    await eventually(async () => assertIds(await historyIds(node, ch), [id0, ok[0].id], `history of ${ch} on ${node.name}`));
+  ws.close();
+});
+
+test('a Redis that stops answering: the publish waiting on it answers 503 within seconds, and publishing works again when Redis does', { timeout: 30000 }, async () => {
+  const ch = 'stall';
+  const id0 = await pubOk(A, ch, { n: 0 });
+  const t0 = Date.now();
+  process.kill(redis.child.pid, 'SIGSTOP');
+  let r;
+  try {
+    r = await pub(A, ch, { n: 1 }, { key: `stall-${rand}`, timeout: 15000 });
+  } finally {
+    process.kill(redis.child.pid, 'SIGCONT');
+  }
+  const waited = Date.now() - t0;
+  assert.equal(r.status, 503, `a publish Redis never answers: ${JSON.stringify(r.body)}`);
+  assert.equal(r.body.error.code, 'cluster_unavailable');
+  assert.ok(waited >= 4500 && waited < 9000, `answered after the 5 s deadline, not before and not much later: ${waited} ms`);
+  assert.match(A.log(), /Redis did not answer a publish in time/, 'the node says why');
+  // Back: the retry with the same key gets one id, whether or not the first try was numbered.
+  let id1;
+  await eventually(async () => {
+    const again = await pub(A, ch, { n: 1 }, { key: `stall-${rand}` });
+    assert.equal(again.status, 201, JSON.stringify(again.body));
+    id1 = again.body.id;
+  }, { timeout: 10000 });
+  seen(id1);
+  for (const node of [A, B])
+    await eventually(async () => assertIds(await historyIds(node, ch), [id0, id1], `history of ${ch} on ${node.name}`), { timeout: 10000 });
+});
+
 const ROOM = `xroom-${rand}`;
 test('rooms span nodes: a frame from a member on A reaches the members on B (and A), never the sender or other rooms', { timeout: 20000 }, async () => {
   const room = ROOM;
